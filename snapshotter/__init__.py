@@ -1,0 +1,1 @@
+"""Images, layers and snapshots stacked as pyunion mounts."""

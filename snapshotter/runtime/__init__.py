@@ -1,0 +1,1 @@
+"""A minimal OCI runtime with runc's command line."""

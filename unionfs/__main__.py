@@ -1,0 +1,3 @@
+from unionfs.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,58 @@
+"""The `pyunion` command: routes subcommands, and speaks fuse-overlayfs's command line.
+
+Subcommands owned by other packages are imported lazily so that a problem in one part never
+stops `pyunion mount` from working.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from unionfs import __version__
+
+USAGE = """\
+usage: pyunion mount [-f] [-o OPT,...] UPPER:LOWER1[:LOWER2...] TARGET
+       pyunion umount TARGET
+       pyunion -o lowerdir=L1:L2[,upperdir=U,workdir=W,...] TARGET   (fuse-overlayfs form)
+       pyunion SOURCE TARGET -o OPTIONS                              (mount.fuse3 form)
+       pyunion image import|ls|inspect|rm|export|commit ...
+       pyunion snapshot prepare|view|commit|rm|info|ls|usage|mounts|label|cleanup|mount ...
+       pyunion run [OPTIONS] IMAGE [CMD ARGS...]
+       pyunion runtime ...   (runc's command line; also the `pyunion-runtime` executable)
+       pyunion demo [--keep]
+       pyunion --version"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    if cmd in ("--version", "-V"):
+        print(f"pyunion {__version__}")
+        return 0
+    if cmd == "mount":
+        from unionfs.mount_cli import mount_main
+        return mount_main(rest)
+    if cmd in ("umount", "unmount"):
+        from unionfs.mount_cli import umount_main
+        return umount_main(rest)
+    if cmd == "image":
+        from snapshotter.image_cli import main as image_main
+        return image_main(rest)
+    if cmd == "snapshot":
+        from snapshotter.snapshot_cli import main as snapshot_main
+        return snapshot_main(rest)
+    if cmd == "run":
+        from snapshotter.run import main as run_main
+        return run_main(rest)
+    if cmd == "runtime":
+        from snapshotter.runtime.cli import main as runtime_main
+        return runtime_main(rest)
+    if cmd == "demo":
+        from unionfs.demo import main as demo_main
+        return demo_main(rest)
+    # Anything else is the fuse-overlayfs / mount.fuse3 command line.
+    from unionfs.mount_cli import compat_main
+    return compat_main(argv)
