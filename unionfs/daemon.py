@@ -1,0 +1,96 @@
+"""The mount's lifetime: start the FUSE session, serve it under trio, end it cleanly.
+
+Run as `python -m unionfs.daemon CONFIG_JSON READY_FD` by `pyunion mount`, which waits on
+READY_FD for "ok" or a one-line error; the daemon never holds the caller's stdout/stderr.
+SIGTERM and SIGINT unmount and exit, like `pyunion umount`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+
+import pyfuse3
+import trio
+
+from unionfs.operations import UnionOperations
+from unionfs.options import MountConfig
+from unionfs.union import Union
+
+log = logging.getLogger("pyunion")
+
+
+def fuse_options(cfg: MountConfig) -> set[str]:
+    opts = set(pyfuse3.default_options) | {"fsname=pyunion", "subtype=pyunion"}
+    if os.geteuid() == 0:
+        # Containers and other users must see the real permissions, checked by the kernel.
+        opts |= {"allow_other", "default_permissions"}
+    opts |= cfg.fuse_options
+    opts.discard("rw")
+    if cfg.readonly:
+        opts.add("ro")
+    return opts
+
+
+async def _serve() -> None:
+    async with trio.open_nursery() as nursery:
+        async def watch_signals() -> None:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+                async for _ in sigs:
+                    pyfuse3.terminate()
+                    return
+
+        nursery.start_soon(watch_signals)
+        await pyfuse3.main(min_tasks=1, max_tasks=1)
+        nursery.cancel_scope.cancel()
+
+
+def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
+    """Mount and serve until unmounted or signalled; report readiness on ready_fd."""
+    try:
+        union = Union(cfg.upper, cfg.lowers, cfg.workdir, fsync=cfg.fsync)
+        ops = UnionOperations(union, timeout=cfg.timeout)
+        pyfuse3.init(ops, cfg.target, fuse_options(cfg))
+    except Exception as e:  # one line to the waiting parent, whatever went wrong
+        msg = f"cannot mount {cfg.target}: {e}"
+        if ready_fd is not None:
+            os.write(ready_fd, ("error: " + msg.replace("\n", " ") + "\n").encode())
+            os.close(ready_fd)
+        else:
+            print(f"pyunion: {msg}", file=sys.stderr)
+        return 1
+    if ready_fd is not None:
+        os.write(ready_fd, b"ok\n")
+        os.close(ready_fd)
+    unmounted_cleanly = False
+    try:
+        trio.run(_serve)
+        unmounted_cleanly = True
+    finally:
+        pyfuse3.close(unmount=True)
+        if not unmounted_cleanly:
+            log.error("daemon stopped on an error; mount removed")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    cfg = MountConfig(**json.loads(argv[0]))
+    cfg.fuse_options = set(cfg.fuse_options)
+    ready_fd = int(argv[1]) if len(argv) > 1 else None
+    logging.basicConfig(level=logging.DEBUG if cfg.debug else logging.WARNING,
+                        format="pyunion[%(process)d] %(levelname)s %(message)s")
+    return serve(cfg, ready_fd)
+
+
+def encode_config(cfg: MountConfig) -> str:
+    d = dataclasses.asdict(cfg)
+    d["fuse_options"] = sorted(cfg.fuse_options)
+    return json.dumps(d)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,247 @@
+"""`pyunion mount`, `pyunion umount` and the fuse-overlayfs command line: checks, daemon start,
+and waiting for it, with one-line errors for everything a user can get wrong."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from unionfs import __version__
+from unionfs.options import MountConfig, UsageError, parse_compat_args, parse_mount_args
+
+READY_TIMEOUT = 60.0
+
+
+class MountError(Exception):
+    pass
+
+
+def _fail(msg: str) -> int:
+    print(f"pyunion: {msg}", file=sys.stderr)
+    return 1 if not msg.startswith("usage") else 2
+
+
+def default_workdir(upper: str) -> str:
+    """Beside the upper (so on its filesystem), never inside it: the upper stays a changeset."""
+    up = os.path.abspath(upper).rstrip("/") or "/"
+    return os.path.join(os.path.dirname(up), f".{os.path.basename(up)}.pyunion-work")
+
+
+def _inside(a: str, b: str) -> bool:
+    """a is b or below b."""
+    return a == b or a.startswith(b.rstrip("/") + "/")
+
+
+def mount_table() -> list[tuple[str, str]]:
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            out.append((_unescape(fields[4]), fields[sep + 1]))
+    return out
+
+
+def _unescape(s: str) -> str:
+    return s.encode().decode("unicode_escape") if "\\" in s else s
+
+
+def check(cfg: MountConfig) -> MountConfig:
+    """Validate and normalise paths; raise MountError with the one-line reason."""
+    if not os.path.exists("/dev/fuse"):
+        raise MountError("/dev/fuse is missing: FUSE is not available (modprobe fuse)")
+    target = os.path.abspath(cfg.target)
+    if not os.path.exists(target):
+        raise MountError(f"mount point {cfg.target} does not exist")
+    if not os.path.isdir(target):
+        raise MountError(f"mount point {cfg.target} is not a directory")
+    lowers = []
+    for low in cfg.lowers:
+        if not os.path.exists(low):
+            raise MountError(f"lower directory {low} does not exist")
+        if not os.path.isdir(low):
+            raise MountError(f"lower directory {low} is not a directory")
+        lowers.append(os.path.realpath(low))
+    upper = None
+    workdir = None
+    if cfg.upper:
+        if not os.path.exists(cfg.upper):
+            raise MountError(f"upper directory {cfg.upper} does not exist")
+        if not os.path.isdir(cfg.upper):
+            raise MountError(f"upper directory {cfg.upper} is not a directory")
+        upper = os.path.realpath(cfg.upper)
+        for low in lowers:
+            if _inside(upper, low) or _inside(low, upper):
+                raise MountError(f"upper directory {cfg.upper} and lower directory {low} overlap")
+        workdir = os.path.abspath(cfg.workdir) if cfg.workdir else default_workdir(upper)
+        try:
+            os.makedirs(workdir, 0o700, exist_ok=True)
+        except OSError as e:
+            raise MountError(f"cannot create work directory {workdir}: {e.strerror}") from None
+        workdir = os.path.realpath(workdir)
+        if os.stat(workdir).st_dev != os.stat(upper).st_dev:
+            raise MountError(f"work directory {workdir} is on another filesystem than upper "
+                             f"directory {upper}")
+        if _inside(workdir, upper) or _inside(upper, workdir):
+            raise MountError(f"work directory {workdir} and upper directory {upper} overlap")
+        for low in lowers:
+            if _inside(workdir, low):
+                raise MountError(f"work directory {workdir} is inside lower directory {low}")
+    rtarget = os.path.realpath(target)
+    for d in [upper, workdir, *lowers]:
+        if d and (_inside(rtarget, d) or _inside(d, rtarget)):
+            raise MountError(f"mount point {cfg.target} overlaps layer directory {d}")
+    for mnt, fstype in mount_table():
+        if mnt == rtarget and fstype == "fuse.pyunion":
+            raise MountError(f"mount point {cfg.target} is busy: a pyunion mount is already there")
+    cfg.target, cfg.lowers, cfg.upper, cfg.workdir = rtarget, lowers, upper, workdir
+    return cfg
+
+
+def _state_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/run/pyunion/mounts")
+    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/pyunion-{os.getuid()}"
+    return Path(base) / "pyunion" / "mounts"
+
+
+def pid_file(target: str) -> Path:
+    return _state_dir() / (hashlib.sha256(os.path.realpath(target).encode()).hexdigest()[:24]
+                           + ".json")
+
+
+def start_daemon(cfg: MountConfig) -> int:
+    """Start the daemon detached from the caller's stdio; return once the mount is ready."""
+    from unionfs.daemon import encode_config
+
+    r, w = os.pipe()
+    log = open(cfg.log, "ab") if cfg.log else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "unionfs.daemon", encode_config(cfg), str(w)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(w,),
+            start_new_session=True, close_fds=True,
+        )
+    finally:
+        os.close(w)
+        if cfg.log:
+            log.close()
+    msg = b""
+    deadline = time.monotonic() + READY_TIMEOUT
+    with os.fdopen(r, "rb") as f:
+        while time.monotonic() < deadline:
+            chunk = f.readline()
+            msg += chunk
+            if not chunk or msg.endswith(b"\n"):
+                break
+    text = msg.decode(errors="replace").strip()
+    if text == "ok":
+        pf = pid_file(cfg.target)
+        pf.parent.mkdir(parents=True, exist_ok=True)
+        pf.write_text(json.dumps({"pid": proc.pid, "target": cfg.target}))
+        return proc.pid
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    raise MountError(text.removeprefix("error: ") or
+                     f"daemon exited with status {proc.returncode} before the mount was ready")
+
+
+def _mount(cfg: MountConfig) -> int:
+    for w in cfg.warnings:
+        print(f"pyunion: warning: {w}", file=sys.stderr)
+    try:
+        cfg = check(cfg)
+        if cfg.foreground:
+            from unionfs.daemon import encode_config
+            from unionfs.daemon import main as daemon_main
+            return daemon_main([encode_config(cfg)])
+        start_daemon(cfg)
+    except MountError as e:
+        return _fail(str(e))
+    return 0
+
+
+def mount_main(args: list[str]) -> int:
+    try:
+        cfg = parse_mount_args(args)
+    except UsageError as e:
+        return _fail(str(e))
+    return _mount(cfg)
+
+
+def compat_main(args: list[str]) -> int:
+    if "--version" in args or "-V" in args:
+        print(f"pyunion {__version__}")
+        return 0
+    if "-h" in args or "--help" in args:
+        from unionfs.cli import USAGE
+        print(USAGE)
+        return 0
+    try:
+        cfg = parse_compat_args(args)
+    except UsageError as e:
+        return _fail(str(e))
+    return _mount(cfg)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"unionfs.daemon" in f.read()
+    except OSError:
+        return False
+
+
+def _find_daemon(target: str) -> int | None:
+    pf = pid_file(target)
+    try:
+        pid = json.loads(pf.read_text())["pid"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return pid if _pid_alive(pid) else None
+
+
+def unmount(target: str, lazy: bool = False, timeout: float = 30.0) -> None:
+    rtarget = os.path.realpath(target)
+    if not any(m == rtarget and t.startswith("fuse") for m, t in mount_table()):
+        raise MountError(f"{target} is not a pyunion mount")
+    pid = _find_daemon(rtarget)
+    cmd = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [rtarget]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        reason = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "fusermount3 failed"
+        if "busy" in reason.lower():
+            raise MountError(f"{target} is busy (use -l for a lazy unmount)")
+        raise MountError(reason.removeprefix("fusermount3: "))
+    if pid is not None:
+        deadline = time.monotonic() + timeout
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if _pid_alive(pid):
+            raise MountError(f"daemon {pid} did not exit within {timeout:.0f}s after unmount")
+    pid_file(rtarget).unlink(missing_ok=True)
+
+
+def umount_main(args: list[str]) -> int:
+    lazy = False
+    rest = []
+    for a in args:
+        if a in ("-l", "--lazy", "-z"):
+            lazy = True
+        elif a.startswith("-"):
+            return _fail(f"unknown flag {a!r}")
+        else:
+            rest.append(a)
+    if len(rest) != 1:
+        return _fail("usage: pyunion umount [-l] TARGET")
+    try:
+        unmount(rest[0], lazy=lazy)
+    except MountError as e:
+        return _fail(str(e))
+    return 0

@@ -1,0 +1,181 @@
+"""Command-line and mount-option parsing (pure): pyunion's own form and fuse-overlayfs's.
+
+Three spellings mount the same union:
+  pyunion mount [-f] [-o OPT,...] UPPER:LOWER1[:LOWER2...] TARGET
+  pyunion -o lowerdir=L1:L2,upperdir=U,workdir=W[,...] TARGET       (what podman runs)
+  pyunion SOURCE TARGET -o OPTIONS                                   (what mount.fuse3 runs)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Options handed to the kernel/libfuse mount as they are.
+FUSE_FLAGS = frozenset({
+    "allow_other", "default_permissions", "ro", "rw", "suid", "nosuid", "dev", "nodev", "exec",
+    "noexec", "async", "sync", "dirsync", "atime", "noatime", "nodiratime", "relatime",
+    "norelatime", "strictatime", "auto_unmount",
+})
+FUSE_VALUED = frozenset({"fsname", "subtype", "max_read"})
+# Said by mount(8)/fstab, meaningless to us.
+MOUNT_NOISE = frozenset({"defaults", "auto", "noauto", "user", "users", "nouser", "_netdev",
+                         "nofail", "nonempty", "default"})
+# fuse-overlayfs options we accept and do not act on.
+IGNORED = frozenset({
+    "static_nlink", "noacl", "threaded", "writeback", "noxattrs", "fast_ino", "xattr_permissions",
+    "plugins", "redirect_dir", "context", "xino", "ino32_t", "squash_to_root", "squash_to_uid",
+    "squash_to_gid", "uidmapping", "gidmapping", "kernel_cache", "splice_read", "splice_write",
+    "splice_move", "max_write", "big_writes", "index", "metacopy", "userxattr", "clone_fd",
+})
+
+
+class UsageError(Exception):
+    """A command line that cannot be mounted; str() is the one-line reason."""
+
+
+@dataclass
+class MountConfig:
+    upper: str | None
+    lowers: list[str]
+    target: str
+    workdir: str | None = None
+    foreground: bool = False
+    debug: bool = False
+    fsync: bool = True
+    timeout: float = 300.0
+    log: str | None = None
+    fuse_options: set[str] = field(default_factory=set)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def readonly(self) -> bool:
+        return not self.upper or "ro" in self.fuse_options
+
+
+def split_spec(spec: str) -> tuple[str | None, list[str]]:
+    """UPPER:LOWER1:LOWER2 -> (upper or None, lowers)."""
+    parts = spec.split(":")
+    if len(parts) < 2 or not any(parts[1:]):
+        raise UsageError(f"layer spec {spec!r} needs UPPER:LOWER1[:LOWER2...] (empty UPPER = read-only)")
+    if any(p == "" for p in parts[1:]):
+        raise UsageError(f"layer spec {spec!r} has an empty lower directory")
+    return (parts[0] or None), parts[1:]
+
+
+def _apply_option(cfg: MountConfig, item: str, seen: dict[str, str]) -> None:
+    item = item.strip()
+    if not item:
+        return  # podman sends ",," and trailing commas
+    key, eq, value = item.partition("=")
+    if key in ("lowerdir", "upperdir", "workdir"):
+        seen[key] = value
+    elif key in ("volatile",) or (key == "fsync" and value == "0"):
+        cfg.fsync = False
+    elif key == "fsync":
+        cfg.fsync = value not in ("0", "off", "no")
+    elif key == "timeout":
+        try:
+            cfg.timeout = float(value)
+        except ValueError:
+            raise UsageError(f"option timeout={value!r} is not a number") from None
+    elif key == "log":
+        cfg.log = value
+    elif key == "debug":
+        cfg.debug = True
+    elif key in FUSE_FLAGS and not eq:
+        cfg.fuse_options.add(key)
+    elif key in FUSE_VALUED and eq:
+        cfg.fuse_options.add(item)
+    elif key in MOUNT_NOISE or key.startswith("x-"):
+        pass
+    elif key in IGNORED:
+        cfg.warnings.append(f"option {key!r} is not supported by pyunion and is ignored")
+    else:
+        raise UsageError(f"unknown mount option {item!r}")
+
+
+def _finish(cfg: MountConfig, spec: str | None, seen: dict[str, str]) -> MountConfig:
+    if spec is not None:
+        cfg.upper, cfg.lowers = split_spec(spec)
+    if "lowerdir" in seen:
+        lowers = [x for x in seen["lowerdir"].split(":")]
+        if any(x == "" for x in lowers):
+            raise UsageError("lowerdir= has an empty directory")
+        cfg.lowers = lowers
+    if "upperdir" in seen:
+        cfg.upper = seen["upperdir"] or None
+    if "workdir" in seen:
+        cfg.workdir = seen["workdir"] or None
+    if not cfg.lowers:
+        raise UsageError("no lower directory given (UPPER:LOWER... or -o lowerdir=...)")
+    if cfg.upper is None:
+        cfg.workdir = None
+    return cfg
+
+
+def _gather(args: list[str], allow_spec: bool) -> tuple[MountConfig, list[str], dict[str, str]]:
+    cfg = MountConfig(upper=None, lowers=[], target="")
+    positional: list[str] = []
+    seen: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "-o" or (a.startswith("-o") and len(a) > 2):
+            if a == "-o":
+                if i + 1 >= len(args):
+                    raise UsageError("-o needs an option list")
+                value = args[i + 1]
+                i += 1
+            else:
+                value = a[2:]
+            for item in value.split(","):
+                _apply_option(cfg, item, seen)
+        elif a in ("-f", "--foreground"):
+            cfg.foreground = True
+        elif a in ("-d", "--debug"):
+            cfg.debug = True
+            cfg.foreground = True
+        elif a in ("-s",):
+            pass  # single-threaded: we always are
+        elif a == "--":
+            positional.extend(args[i + 1:])
+            break
+        elif a.startswith("-") and a != "-":
+            raise UsageError(f"unknown flag {a!r}")
+        else:
+            positional.append(a)
+        i += 1
+    return cfg, positional, seen
+
+
+def parse_mount_args(args: list[str]) -> MountConfig:
+    """`pyunion mount [-f] [-o OPT,...] SPEC TARGET` (SPEC may be replaced by -o lowerdir=)."""
+    cfg, pos, seen = _gather(args, allow_spec=True)
+    if "lowerdir" in seen and len(pos) == 1:
+        cfg.target = pos[0]
+        return _finish(cfg, None, seen)
+    if len(pos) != 2:
+        raise UsageError("usage: pyunion mount [-f] [-o OPT,...] UPPER:LOWER1[:LOWER2...] TARGET")
+    cfg.target = pos[1]
+    return _finish(cfg, pos[0], seen)
+
+
+def parse_compat_args(args: list[str]) -> MountConfig:
+    """fuse-overlayfs's and mount.fuse3's command lines.
+
+    `-o lowerdir=... TARGET`, or `SOURCE TARGET -o ...` where SOURCE is a label (mount.fuse3
+    passes the fstab "device"); a SOURCE holding ':' with no lowerdir= is taken as a layer spec.
+    """
+    cfg, pos, seen = _gather(args, allow_spec=False)
+    if len(pos) == 1:
+        cfg.target = pos[0]
+        spec = None
+    elif len(pos) == 2:
+        cfg.target = pos[1]
+        spec = pos[0] if ("lowerdir" not in seen and ":" in pos[0]) else None
+    else:
+        raise UsageError("usage: pyunion -o lowerdir=L1:L2[,upperdir=U,workdir=W] TARGET "
+                         "(or: pyunion SOURCE TARGET -o OPTIONS)")
+    if spec is None and "lowerdir" not in seen:
+        raise UsageError("no lower directory given (-o lowerdir=L1[:L2...])")
+    return _finish(cfg, spec, seen)

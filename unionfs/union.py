@@ -1,0 +1,794 @@
+"""The union itself: overlay semantics over real directories, as plain synchronous calls.
+
+Every method takes and returns inode-table nodes and raises OSError with the errno overlayfs
+would give; `operations.py` only translates these to pyfuse3. Nothing here knows about FUSE
+requests, so the whole union can be driven (and reasoned about) without a mount.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from unionfs import copyup
+from unionfs.inodes import INDEX, ROOT, UPPER, InodeNumbers, InodeTable, Node
+from unionfs.layers import (
+    ABSENT,
+    HIDDEN,
+    NAME_MAX,
+    OPAQUE_MARKER,
+    OPAQUE_XATTRS,
+    Found,
+    LayerDir,
+    MergedEntry,
+    is_kernel_whiteout,
+    is_meta_name,
+    is_private_xattr,
+    merge_listing,
+    needs_whiteout,
+    opaque_value,
+    resolve_name,
+    whited_out_name,
+    whiteout_name,
+)
+
+
+def _err(code: int, what: str = "") -> OSError:
+    return OSError(code, os.strerror(code), what)
+
+
+@dataclass
+class Resolved:
+    """Where a name lives right now: its top layer, merge stack and lstat of the top object."""
+
+    layer: int
+    stack: list[int]
+    st: os.stat_result
+    ino: int
+
+
+class Union:
+    def __init__(self, upper: str | None, lowers: list[str], workdir: str | None,
+                 fsync: bool = True):
+        self.readonly = upper is None
+        self.layers: list[str | None] = [upper] + list(lowers)
+        self.workdir = workdir
+        self.fsync = fsync
+        devs = [os.stat(p).st_dev for p in self.layers if p]
+        self.numbers = InodeNumbers(devs)
+        self.table = InodeTable()
+        self.handles: dict[int, Handle] = {}
+        self._tmp = itertools.count()
+        if workdir:
+            self.work = os.path.join(workdir, "work")
+            self.index = os.path.join(workdir, "index")
+            if os.path.isdir(self.work):
+                shutil.rmtree(self.work)  # leftovers of a crash: never visible, now gone
+            os.makedirs(self.work, 0o700, exist_ok=True)
+            os.makedirs(self.index, 0o700, exist_ok=True)
+        root_stack = self._root_stack()
+        st = os.lstat(self.layers[root_stack[0]])
+        self.table.add(Node(ROOT, None, "", True, root_stack[0], root_stack, lookups=1))
+        self.root_st = st
+
+    # ---- paths and layer probing -------------------------------------------------------
+
+    def real(self, layer: int, path: str) -> str:
+        if layer == INDEX:
+            raise AssertionError("index objects are addressed by origin")
+        base = self.layers[layer]
+        return base if not path else f"{base}/{path}"
+
+    def node_real(self, node: Node) -> str:
+        self.refresh(node)
+        if node.layer == INDEX:
+            return self._index_path_of(node)
+        return self.real(node.layer, node.path())
+
+    def _root_stack(self) -> list[int]:
+        answers = []
+        for i, p in enumerate(self.layers):
+            if p is None:
+                continue
+            answers.append((i, Found(True, is_dir=True, opaque=self._dir_opaque(p))))
+        _, stack = resolve_name(answers)
+        return stack
+
+    @staticmethod
+    def _dir_opaque(path: str) -> bool:
+        if os.path.lexists(f"{path}/{OPAQUE_MARKER}"):
+            return True
+        for name in OPAQUE_XATTRS:
+            try:
+                if opaque_value(os.getxattr(path, name, follow_symlinks=False)):
+                    return True
+            except OSError:
+                pass
+        return False
+
+    def _probe(self, layer: int, dirpath: str, name: str) -> tuple[Found, os.stat_result | None]:
+        d = self.real(layer, dirpath)
+        p = f"{d}/{name}"
+        try:
+            st = os.lstat(p)
+        except (FileNotFoundError, NotADirectoryError):
+            if os.path.lexists(f"{d}/{whiteout_name(name)}"):
+                return HIDDEN, None
+            return ABSENT, None
+        if is_kernel_whiteout(st.st_mode, st.st_rdev):
+            return HIDDEN, None
+        if stat.S_ISDIR(st.st_mode):
+            return Found(True, is_dir=True, opaque=self._dir_opaque(p)), st
+        return Found(True), st
+
+    def _resolve_child(self, parent: Node, name: str) -> Resolved | None:
+        """Resolve `name` in a (refreshed) directory node; None if it is not visible."""
+        ppath = parent.path()
+        answers: list[tuple[int, Found]] = []
+        top_st: os.stat_result | None = None
+
+        def gen() -> Iterator[tuple[int, Found]]:
+            nonlocal top_st
+            for layer in parent.stack:
+                f, st = self._probe(layer, ppath, name)
+                if top_st is None and st is not None:
+                    top_st = st
+                answers.append((layer, f))
+                yield layer, f
+
+        top, stack = resolve_name(gen())
+        if top is None or top_st is None:
+            return None
+        st = top_st
+        layer = top
+        if top == UPPER:
+            origin = copyup.get_origin(self.real(UPPER, _join(ppath, name)))
+            ino = self.numbers.number(*origin) if origin else self.numbers.number(st.st_dev, st.st_ino)
+        else:
+            ino = self.numbers.number(st.st_dev, st.st_ino)
+            if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode) and self.workdir:
+                ipath = self._index_path(st.st_dev, st.st_ino)
+                try:
+                    st = os.lstat(ipath)
+                    layer = INDEX
+                except FileNotFoundError:
+                    pass
+        return Resolved(layer, stack, st, ino)
+
+    def _index_path(self, dev: int, ino: int) -> str:
+        return f"{self.index}/{dev}_{ino}"
+
+    def _index_path_of(self, node: Node) -> str:
+        st = os.lstat(self.real(node.stack[0], node.path())) if node.stack else None
+        if st is None:
+            raise _err(errno.ENOENT)
+        return self._index_path(st.st_dev, st.st_ino)
+
+    def refresh(self, node: Node) -> None:
+        """Bring a node's cached layer/stack up to date after subtree-moving changes."""
+        if node.gen == self.table.gen or node.ino == ROOT:
+            if node.ino == ROOT and node.gen != self.table.gen:
+                node.stack = self._root_stack()
+                node.layer = node.stack[0]
+                node.gen = self.table.gen
+            return
+        if node.parent is None:
+            raise _err(errno.ENOENT)
+        self.refresh(node.parent)
+        r = self._resolve_child(node.parent, node.name)
+        if r is None:
+            raise _err(errno.ENOENT)
+        node.layer, node.stack, node.gen = r.layer, r.stack, self.table.gen
+
+    # ---- lookups ---------------------------------------------------------------------
+
+    def lookup(self, parent: Node, name: str, count: bool = True) -> tuple[Node, os.stat_result]:
+        if name == ".":
+            return self._ref(parent, count), self.stat(parent)
+        if name == "..":
+            p = parent.parent or parent
+            return self._ref(p, count), self.stat(p)
+        if is_meta_name(name):
+            raise _err(errno.ENOENT)
+        if len(name.encode(errors="surrogateescape")) > 255:
+            raise _err(errno.ENAMETOOLONG)
+        self.refresh(parent)
+        r = self._resolve_child(parent, name)
+        if r is None:
+            raise _err(errno.ENOENT)
+        return self._node_for(parent, name, r, count), r.st
+
+    def _ref(self, node: Node, count: bool) -> Node:
+        if count:
+            node.lookups += 1
+        return node
+
+    def _node_for(self, parent: Node, name: str, r: Resolved, count: bool) -> Node:
+        is_dir = stat.S_ISDIR(r.st.st_mode)
+        node = self.table.get(r.ino)
+        if node is None:
+            node = self.table.add(Node(r.ino, parent, name, is_dir, r.layer))
+        else:
+            node.parent, node.name, node.is_dir = parent, name, is_dir
+            node.layer = r.layer
+        node.stack = r.stack
+        node.gen = self.table.gen
+        return self._ref(node, count)
+
+    def stat(self, node: Node) -> os.stat_result:
+        try:
+            return os.lstat(self.node_real(node))
+        except OSError:
+            fd = self._any_fd(node)
+            if fd is None:
+                raise
+            return os.fstat(fd)
+
+    def _any_fd(self, node: Node) -> int | None:
+        for h in self.handles.values():
+            if h.node is node:
+                return h.fd
+        return None
+
+    def nlink(self, node: Node, st: os.stat_result) -> int:
+        # Merged directories report 1 link, as overlayfs does: no count would be right.
+        return 1 if node.merged else st.st_nlink
+
+    def readlink(self, node: Node) -> str:
+        return os.readlink(self.node_real(node))
+
+    # ---- directory listing ---------------------------------------------------------
+
+    def _layer_dir(self, layer: int, path: str) -> LayerDir:
+        ld = LayerDir(layer)
+        d = self.real(layer, path)
+        try:
+            it = os.scandir(d)
+        except (FileNotFoundError, NotADirectoryError):
+            return ld
+        with it:
+            for e in it:
+                name = e.name
+                if name == OPAQUE_MARKER:
+                    ld.opaque = True
+                    continue
+                hidden = whited_out_name(name)
+                if hidden is not None:
+                    ld.whiteouts.add(hidden)
+                    continue
+                if is_meta_name(name):
+                    continue
+                kwh = False
+                is_dir = e.is_dir(follow_symlinks=False)
+                if not (is_dir or e.is_file(follow_symlinks=False) or e.is_symlink()):
+                    try:  # a special file: maybe a kernel-overlay whiteout
+                        kwh = is_kernel_whiteout(*_mode_rdev(e.stat(follow_symlinks=False)))
+                    except OSError:
+                        continue
+                ld.entries[name] = (is_dir, kwh)
+        if not ld.opaque:
+            ld.opaque = self._dir_opaque(d)
+        return ld
+
+    def list_dir(self, node: Node) -> list[MergedEntry]:
+        self.refresh(node)
+        path = node.path()
+        layers = [self._layer_dir(layer, path) for layer in node.stack]
+        return merge_listing(layers)
+
+    def is_empty(self, node: Node) -> bool:
+        return not self.list_dir(node)
+
+    # ---- copy-up ------------------------------------------------------------------
+
+    def _tmp_name(self) -> str:
+        return f"{self.work}/#{os.getpid()}.{next(self._tmp)}"
+
+    def _check_writable(self) -> None:
+        if self.readonly:
+            raise _err(errno.EROFS)
+
+    def copy_up(self, node: Node, data: bool = True) -> None:
+        """Give `node` (and its parents, first) a copy in the upper layer."""
+        self._check_writable()
+        self.refresh(node)
+        if node.layer == UPPER:
+            return
+        if node.parent is None:
+            raise _err(errno.EROFS)
+        self.copy_up(node.parent)
+        path = node.path()
+        dst = self.real(UPPER, path)
+        pdir = self.real(UPPER, node.parent.path())
+        pst = os.lstat(pdir)
+        if node.layer == INDEX:
+            os.link(self._index_path_of(node), dst)
+        else:
+            src = self.real(node.layer, path)
+            st = os.lstat(src)
+            tmp = self._tmp_name()
+            try:
+                copyup.stage_copy(src, st, tmp, data=data, sync=self.fsync)
+                if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode) and data:
+                    # Keep lower hardlinks one file: later lookups of the other names find it.
+                    try:
+                        os.link(tmp, self._index_path(st.st_dev, st.st_ino))
+                    except FileExistsError:
+                        pass
+                os.rename(tmp, dst)
+            except BaseException:
+                _remove_quietly(tmp)
+                raise
+        self._restore_times(pdir, pst)
+        if node.is_dir:
+            node.stack = [UPPER] + [x for x in node.stack if x != UPPER]
+        node.layer = UPPER
+
+    @staticmethod
+    def _restore_times(path: str, st: os.stat_result) -> None:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+    def _upper_dir(self, parent: Node) -> str:
+        self.copy_up(parent)
+        return self.real(UPPER, parent.path())
+
+    # ---- creating names ----------------------------------------------------------
+
+    def _check_new_name(self, parent: Node, name: str) -> None:
+        self._check_writable()
+        if is_meta_name(name):
+            raise _err(errno.EPERM)
+        if len(name.encode(errors="surrogateescape")) > NAME_MAX:
+            raise _err(errno.ENAMETOOLONG)
+        self.refresh(parent)
+        if self._resolve_child(parent, name) is not None:
+            raise _err(errno.EEXIST)
+
+    def _lower_shows(self, parent: Node, name: str) -> bool:
+        """Whether any lower layer under the parent's merge stack would show `name`."""
+        ppath = parent.path()
+        answers = (self._probe(layer, ppath, name)[0] for layer in parent.stack if layer != UPPER)
+        return needs_whiteout(answers)
+
+    def _clear_whiteout(self, updir: str, name: str) -> bool:
+        try:
+            os.unlink(f"{updir}/{whiteout_name(name)}")
+            return True
+        except FileNotFoundError:
+            return False
+
+    def _own(self, path: str, uid: int, gid: int, updir: str) -> None:
+        pst = os.lstat(updir)
+        if pst.st_mode & stat.S_ISGID:
+            gid = pst.st_gid
+        os.lchown(path, uid, gid)
+
+    def _new_entry(self, parent: Node, name: str) -> tuple[Node, os.stat_result]:
+        node, st = self.lookup(parent, name, count=True)
+        return node, st
+
+    def create(self, parent: Node, name: str, mode: int, flags: int, uid: int, gid: int
+               ) -> tuple[Node, os.stat_result, int]:
+        self._check_new_name(parent, name)
+        updir = self._upper_dir(parent)
+        path = f"{updir}/{name}"
+        pst = os.lstat(updir)
+        fd = os.open(path, (flags | os.O_CREAT | os.O_EXCL) & ~os.O_NOFOLLOW, stat.S_IMODE(mode))
+        try:
+            self._own(path, uid, gid, updir)
+            if stat.S_IMODE(mode) & (stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX):
+                os.chmod(path, stat.S_IMODE(mode))
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        if self._clear_whiteout(updir, name):
+            self._keep_mtime_if(updir, pst, False)
+        node, st = self._new_entry(parent, name)
+        return node, st, fd
+
+    def _keep_mtime_if(self, updir: str, pst: os.stat_result, keep: bool) -> None:
+        if keep:
+            self._restore_times(updir, pst)
+
+    def mkdir(self, parent: Node, name: str, mode: int, uid: int, gid: int
+              ) -> tuple[Node, os.stat_result]:
+        self._check_new_name(parent, name)
+        updir = self._upper_dir(parent)
+        had_whiteout = os.path.lexists(f"{updir}/{whiteout_name(name)}")
+        opaque = had_whiteout or self._lower_shows_any(parent, name)
+        tmp = self._tmp_name()
+        os.mkdir(tmp, 0o700)
+        try:
+            if opaque:
+                _touch(f"{tmp}/{OPAQUE_MARKER}")
+            self._own(tmp, uid, gid, updir)
+            m = stat.S_IMODE(mode)
+            if os.lstat(updir).st_mode & stat.S_ISGID:
+                m |= stat.S_ISGID
+            os.chmod(tmp, m)
+            if opaque:
+                st = os.lstat(tmp)
+                os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+            os.rename(tmp, f"{updir}/{name}")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self._clear_whiteout(updir, name)
+        return self._new_entry(parent, name)
+
+    def _lower_shows_any(self, parent: Node, name: str) -> bool:
+        """A lower holds something under `name` (even hidden): a new dir there must be opaque."""
+        ppath = parent.path()
+        for layer in parent.stack:
+            if layer == UPPER:
+                continue
+            f, _ = self._probe(layer, ppath, name)
+            if f.present or f.whiteout:
+                return True
+        return False
+
+    def symlink(self, parent: Node, name: str, target: str, uid: int, gid: int
+                ) -> tuple[Node, os.stat_result]:
+        self._check_new_name(parent, name)
+        updir = self._upper_dir(parent)
+        path = f"{updir}/{name}"
+        os.symlink(target, path)
+        try:
+            self._own(path, uid, gid, updir)
+        except BaseException:
+            os.unlink(path)
+            raise
+        self._clear_whiteout(updir, name)
+        return self._new_entry(parent, name)
+
+    def mknod(self, parent: Node, name: str, mode: int, rdev: int, uid: int, gid: int
+              ) -> tuple[Node, os.stat_result]:
+        if is_kernel_whiteout(mode, rdev):
+            raise _err(errno.EPERM)  # would read back as a whiteout
+        self._check_new_name(parent, name)
+        updir = self._upper_dir(parent)
+        path = f"{updir}/{name}"
+        os.mknod(path, mode, rdev)
+        try:
+            self._own(path, uid, gid, updir)
+            os.chmod(path, stat.S_IMODE(mode))
+        except BaseException:
+            os.unlink(path)
+            raise
+        self._clear_whiteout(updir, name)
+        return self._new_entry(parent, name)
+
+    def link(self, node: Node, parent: Node, name: str) -> tuple[Node, os.stat_result]:
+        if node.is_dir:
+            raise _err(errno.EPERM)
+        self._check_new_name(parent, name)
+        self.copy_up(node)
+        updir = self._upper_dir(parent)
+        os.link(self.node_real(node), f"{updir}/{name}", follow_symlinks=False)
+        self._clear_whiteout(updir, name)
+        st = os.lstat(f"{updir}/{name}")
+        node.lookups += 1
+        return node, st
+
+    # ---- removing names ----------------------------------------------------------
+
+    def _make_whiteout(self, updir: str, name: str) -> None:
+        fd = os.open(f"{updir}/{whiteout_name(name)}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                     0o600)
+        os.close(fd)
+
+    def unlink(self, parent: Node, name: str) -> None:
+        self._check_writable()
+        if is_meta_name(name):
+            raise _err(errno.ENOENT)
+        self.refresh(parent)
+        r = self._resolve_child(parent, name)
+        if r is None:
+            raise _err(errno.ENOENT)
+        if stat.S_ISDIR(r.st.st_mode):
+            raise _err(errno.EISDIR)
+        self._remove_name(parent, name, r, is_dir=False)
+
+    def rmdir(self, parent: Node, name: str) -> None:
+        self._check_writable()
+        if is_meta_name(name):
+            raise _err(errno.ENOENT)
+        self.refresh(parent)
+        r = self._resolve_child(parent, name)
+        if r is None:
+            raise _err(errno.ENOENT)
+        if not stat.S_ISDIR(r.st.st_mode):
+            raise _err(errno.ENOTDIR)
+        child, _ = self.lookup(parent, name, count=False)
+        if not self.is_empty(child):
+            raise _err(errno.ENOTEMPTY)
+        self._remove_name(parent, name, r, is_dir=True)
+        self.table.invalidate()
+
+    def _remove_name(self, parent: Node, name: str, r: Resolved, is_dir: bool) -> None:
+        wh = self._lower_shows(parent, name)
+        if r.layer != UPPER and not wh:
+            return
+        updir = self._upper_dir(parent)
+        pst = os.lstat(updir)
+        if wh:
+            self._make_whiteout(updir, name)
+        if r.layer == UPPER:
+            path = f"{updir}/{name}"
+            if is_dir:
+                tmp = self._tmp_name()
+                os.rename(path, tmp)
+                shutil.rmtree(tmp)
+            else:
+                os.unlink(path)
+        del pst
+
+    # ---- metadata ---------------------------------------------------------------
+
+    def setattr(self, node: Node, *, size: int | None = None, mode: int | None = None,
+                uid: int | None = None, gid: int | None = None,
+                atime_ns: int | None = None, mtime_ns: int | None = None,
+                fd: int | None = None) -> os.stat_result:
+        self._check_writable()
+        self.copy_up(node, data=not (size == 0))
+        path = self.node_real(node)
+        if uid is not None or gid is not None:
+            os.lchown(path, -1 if uid is None else uid, -1 if gid is None else gid)
+        if mode is not None and not stat.S_ISLNK(os.lstat(path).st_mode):
+            os.chmod(path, stat.S_IMODE(mode))
+        if size is not None:
+            if fd is not None:
+                os.ftruncate(fd, size)
+            else:
+                os.truncate(path, size)
+        if atime_ns is not None or mtime_ns is not None:
+            st = os.lstat(path)
+            os.utime(path, ns=(st.st_atime_ns if atime_ns is None else atime_ns,
+                               st.st_mtime_ns if mtime_ns is None else mtime_ns),
+                     follow_symlinks=False)
+        return os.lstat(path)
+
+    def getxattr(self, node: Node, name: str) -> bytes:
+        if is_private_xattr(name):
+            raise _err(errno.ENODATA)
+        return os.getxattr(self.node_real(node), name, follow_symlinks=False)
+
+    def listxattr(self, node: Node) -> list[str]:
+        return [n for n in os.listxattr(self.node_real(node), follow_symlinks=False)
+                if not is_private_xattr(n)]
+
+    def setxattr(self, node: Node, name: str, value: bytes) -> None:
+        if is_private_xattr(name):
+            raise _err(errno.EPERM)
+        self.copy_up(node)
+        os.setxattr(self.node_real(node), name, value, follow_symlinks=False)
+
+    def removexattr(self, node: Node, name: str) -> None:
+        if is_private_xattr(name):
+            raise _err(errno.ENODATA)
+        os.getxattr(self.node_real(node), name, follow_symlinks=False)  # ENODATA before copy-up
+        self.copy_up(node)
+        os.removexattr(self.node_real(node), name, follow_symlinks=False)
+
+    # ---- rename ---------------------------------------------------------------------
+
+    def rename(self, op: Node, oname: str, np: Node, nname: str, flags: int) -> None:
+        self._check_writable()
+        if is_meta_name(oname):
+            raise _err(errno.ENOENT)
+        if is_meta_name(nname):
+            raise _err(errno.EPERM)
+        if len(nname.encode(errors="surrogateescape")) > NAME_MAX:
+            raise _err(errno.ENAMETOOLONG)
+        self.refresh(op)
+        self.refresh(np)
+        src = self._resolve_child(op, oname)
+        if src is None:
+            raise _err(errno.ENOENT)
+        dst = self._resolve_child(np, nname)
+        exchange = bool(flags & RENAME_EXCHANGE)
+        if flags & RENAME_NOREPLACE and dst is not None:
+            raise _err(errno.EEXIST)
+        if exchange:
+            if dst is None:
+                raise _err(errno.ENOENT)
+            return self._exchange(op, oname, src, np, nname, dst)
+        snode, _ = self.lookup(op, oname, count=False)
+        if dst is not None:
+            if dst.ino == src.ino and not snode.is_dir:
+                return  # two names of one file: POSIX says do nothing
+            dnode, _ = self.lookup(np, nname, count=False)
+            if snode.is_dir and not dnode.is_dir:
+                raise _err(errno.ENOTDIR)
+            if not snode.is_dir and dnode.is_dir:
+                raise _err(errno.EISDIR)
+            if dnode.is_dir and not self.is_empty(dnode):
+                raise _err(errno.ENOTEMPTY)
+        if snode.is_dir and (snode.merged or snode.layer != UPPER):
+            self._rename_merged_dir(snode, op, oname, np, nname, dst)
+            return
+        self.copy_up(snode)
+        oupdir = self._upper_dir(op)
+        nupdir = self._upper_dir(np)
+        src_path = f"{oupdir}/{oname}"
+        dst_path = f"{nupdir}/{nname}"
+        wh_src = self._lower_shows(op, oname)
+        dst_lower = self._lower_shows_any(np, nname) or os.path.lexists(
+            f"{nupdir}/{whiteout_name(nname)}")
+        if wh_src:
+            self._make_whiteout(oupdir, oname)
+        if snode.is_dir and dst_lower:
+            _touch(f"{src_path}/{OPAQUE_MARKER}")
+        if dst is not None and dst.layer == UPPER and stat.S_ISDIR(dst.st.st_mode):
+            tmp = self._tmp_name()
+            os.rename(dst_path, tmp)
+            shutil.rmtree(tmp)
+        os.rename(src_path, dst_path)
+        self._clear_whiteout(nupdir, nname)
+        snode.parent, snode.name = np, nname
+        snode.layer = UPPER
+        if snode.is_dir:
+            snode.stack = [UPPER]
+            self.table.invalidate()
+        elif dst is not None:
+            self.table.invalidate()
+
+    def _rename_merged_dir(self, snode: Node, op: Node, oname: str, np: Node, nname: str,
+                           dst: Resolved | None) -> None:
+        """Move a directory that has lower parts by copying its merged tree into the upper.
+
+        overlayfs answers EXDEV here (without redirect_dir), which apt and dpkg trip over;
+        an OCI changeset has no redirects, so the merged content is copied, made opaque at the
+        new name, and the old name whited out.
+        """
+        nupdir = self._upper_dir(np)
+        oupdir = self._upper_dir(op)
+        tmp = self._tmp_name()
+        try:
+            self._copy_tree(snode, tmp)
+            _touch(f"{tmp}/{OPAQUE_MARKER}")
+            if dst is not None and dst.layer == UPPER:
+                old = self._tmp_name()
+                os.rename(f"{nupdir}/{nname}", old)
+                shutil.rmtree(old)
+            os.rename(tmp, f"{nupdir}/{nname}")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self._clear_whiteout(nupdir, nname)
+        if self._lower_shows(op, oname):
+            self._make_whiteout(oupdir, oname)
+        if snode.layer == UPPER:
+            gone = self._tmp_name()
+            os.rename(f"{oupdir}/{oname}", gone)
+            shutil.rmtree(gone)
+        snode.parent, snode.name = np, nname
+        snode.layer, snode.stack = UPPER, [UPPER]
+        self.table.invalidate()
+
+    def _copy_tree(self, dnode: Node, tmp: str) -> None:
+        path = dnode.path()
+        src = self.real(dnode.stack[0], path)
+        st = os.lstat(src)
+        copyup.stage_copy(src, st, tmp, sync=False)
+        os.chmod(tmp, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
+        for e in self.list_dir(dnode):
+            child, cst = self.lookup(dnode, e.name, count=False)
+            ctmp = f"{tmp}/{e.name}"
+            if child.is_dir:
+                self._copy_tree(child, ctmp)
+            else:
+                csrc = self.node_real(child)
+                copyup.stage_copy(csrc, os.lstat(csrc), ctmp, sync=self.fsync)
+        os.chmod(tmp, stat.S_IMODE(st.st_mode))
+        copyup.set_times(tmp, st)
+
+    def _exchange(self, op: Node, oname: str, src: Resolved, np: Node, nname: str,
+                  dst: Resolved) -> None:
+        a, _ = self.lookup(op, oname, count=False)
+        b, _ = self.lookup(np, nname, count=False)
+        for n in (a, b):
+            if n.is_dir and (n.merged or n.layer != UPPER):
+                raise _err(errno.EXDEV)
+        self.copy_up(a)
+        self.copy_up(b)
+        oupdir = self._upper_dir(op)
+        nupdir = self._upper_dir(np)
+        for n, at_parent, at_name in ((a, np, nname), (b, op, oname)):
+            if n.is_dir and self._lower_shows_any(at_parent, at_name):
+                _touch(f"{self.real(UPPER, n.path())}/{OPAQUE_MARKER}")
+        renameat2(f"{oupdir}/{oname}", f"{nupdir}/{nname}", RENAME_EXCHANGE)
+        a.parent, a.name, b.parent, b.name = np, nname, op, oname
+        self.table.invalidate()
+
+    # ---- open files -----------------------------------------------------------
+
+    def open(self, node: Node, flags: int) -> int:
+        acc = flags & os.O_ACCMODE
+        writing = acc in (os.O_WRONLY, os.O_RDWR) or flags & (os.O_TRUNC | os.O_APPEND)
+        if writing:
+            self._check_writable()
+            self.copy_up(node, data=not (flags & os.O_TRUNC))
+        fd = os.open(self.node_real(node), flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY))
+        self.register(fd, node)
+        return fd
+
+    def register(self, fd: int, node: Node) -> None:
+        self.handles[fd] = Handle(fd, node, node.layer, os.fstat(fd).st_ino)
+        node.open_count += 1
+
+    def fd_for_read(self, fh: int) -> int:
+        """The fd to read from; re-opened on the upper copy if another writer copied it up."""
+        h = self.handles[fh]
+        node = h.node
+        if h.layer != UPPER and node.layer == UPPER:
+            try:
+                nfd = os.open(self.node_real(node), os.O_RDONLY)
+            except OSError:
+                return h.fd
+            os.close(h.fd)
+            # dup2 keeps the fh number stable for the kernel
+            os.dup2(nfd, fh)
+            os.close(nfd)
+            h.layer = UPPER
+        return h.fd
+
+    def release(self, fh: int) -> None:
+        h = self.handles.pop(fh)
+        os.close(h.fd)
+        h.node.open_count -= 1
+        if h.node.open_count <= 0 and h.node.lookups <= 0:
+            self.table.nodes.pop(h.node.ino, None)
+
+    def statfs(self) -> os.statvfs_result:
+        return os.statvfs(self.layers[0] or self.layers[1])
+
+
+@dataclass
+class Handle:
+    fd: int
+    node: Node
+    layer: int
+    ino: int
+
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+
+
+def renameat2(src: str, dst: str, flags: int) -> None:
+    import ctypes
+    import ctypes.util
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    AT_FDCWD = -100
+    if libc.renameat2(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst), flags) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def _join(a: str, b: str) -> str:
+    return f"{a}/{b}" if a else b
+
+
+def _touch(path: str) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def _mode_rdev(st: os.stat_result) -> tuple[int, int]:
+    return st.st_mode, st.st_rdev
