@@ -55,7 +55,7 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
         union = Union(cfg.upper, cfg.lowers, cfg.workdir, fsync=cfg.fsync)
         ops = UnionOperations(union, timeout=cfg.timeout)
         pyfuse3.init(ops, cfg.target, fuse_options(cfg))
-    except Exception as e:  # one line to the waiting parent, whatever went wrong
+    except Exception as e:  # noqa: BLE001 - one line to the waiting parent, whatever went wrong
         msg = f"cannot mount {cfg.target}: {e}"
         if ready_fd is not None:
             os.write(ready_fd, ("error: " + msg.replace("\n", " ") + "\n").encode())

@@ -86,8 +86,8 @@ def merge_listing(layers: Sequence[LayerDir]) -> list[MergedEntry]:
             if name in decided:
                 continue
             decided.add(name)
-            if kernel_wh or name in ld.whiteouts:
-                continue
+            if kernel_wh:
+                continue  # a `.wh.NAME` beside NAME hides only lower layers' NAME
             out.append(MergedEntry(name, ld.layer, is_dir))
         decided.update(ld.whiteouts)
         if ld.opaque:

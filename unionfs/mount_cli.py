@@ -213,7 +213,7 @@ def unmount(target: str, lazy: bool = False, timeout: float = 30.0) -> None:
         raise MountError(f"{target} is not a pyunion mount")
     pid = _find_daemon(rtarget)
     cmd = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [rtarget]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if r.returncode != 0:
         reason = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "fusermount3 failed"
         if "busy" in reason.lower():

@@ -536,7 +536,7 @@ class Union:
                 atime_ns: int | None = None, mtime_ns: int | None = None,
                 fd: int | None = None) -> os.stat_result:
         self._check_writable()
-        self.copy_up(node, data=not (size == 0))
+        self.copy_up(node, data=size != 0)
         path = self.node_real(node)
         if uid is not None or gid is not None:
             os.lchown(path, -1 if uid is None else uid, -1 if gid is None else gid)
@@ -679,7 +679,7 @@ class Union:
         copyup.stage_copy(src, st, tmp, sync=False)
         os.chmod(tmp, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
         for e in self.list_dir(dnode):
-            child, cst = self.lookup(dnode, e.name, count=False)
+            child, _ = self.lookup(dnode, e.name, count=False)
             ctmp = f"{tmp}/{e.name}"
             if child.is_dir:
                 self._copy_tree(child, ctmp)
