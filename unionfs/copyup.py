@@ -113,8 +113,11 @@ def set_times(path: str, st: os.stat_result) -> None:
 
 
 def stage_copy(src: str, st: os.stat_result, tmp: str, data: bool = True,
-               sync: bool = True) -> None:
-    """Make at `tmp` a copy of `src` (not its children): data, owner, mode, times, xattrs."""
+               sync: bool = True, origin: tuple[int, int] | None = None) -> None:
+    """Make at `tmp` a copy of `src` (not its children): data, owner, mode, times, xattrs.
+
+    `origin` is the object the copy stands for (default: `src` itself); it decides st_ino.
+    """
     mode = st.st_mode
     if stat.S_ISDIR(mode):
         os.mkdir(tmp, 0o700)
@@ -138,5 +141,5 @@ def stage_copy(src: str, st: os.stat_result, tmp: str, data: bool = True,
         os.mknod(tmp, mode, st.st_rdev)
     set_owner_mode(tmp, st)
     copy_xattrs(src, tmp)
-    set_origin(tmp, st.st_dev, st.st_ino)
+    set_origin(tmp, *(origin or (st.st_dev, st.st_ino)))
     set_times(tmp, st)

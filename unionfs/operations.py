@@ -6,7 +6,6 @@ import errno
 import functools
 import logging
 import os
-import stat
 from collections.abc import Callable
 from typing import Any
 
@@ -119,8 +118,8 @@ class UnionOperations(pyfuse3.Operations):
     # -- creating and removing names
     @_translate
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
-        node, st = self.u.mknod(self._node(parent_inode), _name(name), mode & ~ctx.umask
-                                | (mode & stat.S_IFMT(mode)), rdev, ctx.uid, ctx.gid)
+        node, st = self.u.mknod(self._node(parent_inode), _name(name), mode & ~ctx.umask, rdev,
+                                ctx.uid, ctx.gid)
         return self._attrs(node, st)
 
     @_translate
@@ -222,7 +221,9 @@ class UnionOperations(pyfuse3.Operations):
             i += 1
 
     async def releasedir(self, fh):
-        self.dirs.close(fh)
+        node = self.dirs.close(fh)
+        if node is not None:
+            self.u.unpin(node)
 
     async def fsyncdir(self, fh, datasync):
         pass
@@ -288,10 +289,9 @@ class DirHandles:
     def get(self, fh: int) -> DirHandles.Stream:
         return self._open[fh]
 
-    def close(self, fh: int) -> None:
+    def close(self, fh: int) -> Node | None:
         s = self._open.pop(fh, None)
-        if s is not None:
-            s.node.open_count -= 1
+        return s.node if s is not None else None
 
 
 __all__ = ["ROOT", "UnionOperations"]

@@ -314,7 +314,7 @@ class Union:
             tmp = self._tmp_name()
             try:
                 copyup.stage_copy(src, st, tmp, data=data, sync=self.fsync)
-                if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode) and data:
+                if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
                     # Keep lower hardlinks one file: later lookups of the other names find it.
                     try:
                         os.link(tmp, self._index_path(st.st_dev, st.st_ino))
@@ -672,11 +672,17 @@ class Union:
         snode.layer, snode.stack = UPPER, [UPPER]
         self.table.invalidate()
 
+    def _origin_of(self, node: Node, path: str, st: os.stat_result) -> tuple[int, int]:
+        """What an object stands for: an upper copy keeps pointing at its lower original."""
+        if node.layer == UPPER:
+            return copyup.get_origin(path) or (st.st_dev, st.st_ino)
+        return st.st_dev, st.st_ino
+
     def _copy_tree(self, dnode: Node, tmp: str) -> None:
         path = dnode.path()
         src = self.real(dnode.stack[0], path)
         st = os.lstat(src)
-        copyup.stage_copy(src, st, tmp, sync=False)
+        copyup.stage_copy(src, st, tmp, sync=False, origin=self._origin_of(dnode, src, st))
         os.chmod(tmp, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
         for e in self.list_dir(dnode):
             child, _ = self.lookup(dnode, e.name, count=False)
@@ -685,7 +691,9 @@ class Union:
                 self._copy_tree(child, ctmp)
             else:
                 csrc = self.node_real(child)
-                copyup.stage_copy(csrc, os.lstat(csrc), ctmp, sync=self.fsync)
+                cst = os.lstat(csrc)
+                copyup.stage_copy(csrc, cst, ctmp, sync=self.fsync,
+                                  origin=self._origin_of(child, csrc, cst))
         os.chmod(tmp, stat.S_IMODE(st.st_mode))
         copyup.set_times(tmp, st)
 
@@ -742,9 +750,14 @@ class Union:
     def release(self, fh: int) -> None:
         h = self.handles.pop(fh)
         os.close(h.fd)
-        h.node.open_count -= 1
-        if h.node.open_count <= 0 and h.node.lookups <= 0:
-            self.table.nodes.pop(h.node.ino, None)
+        self.unpin(h.node)
+
+    def unpin(self, node: Node) -> None:
+        """An open file or directory stream on `node` ended; drop it if nothing else holds it."""
+        node.open_count -= 1
+        if (node.open_count <= 0 and node.lookups <= 0 and node.ino != ROOT
+                and self.table.get(node.ino) is node):
+            del self.table.nodes[node.ino]
 
     def statfs(self) -> os.statvfs_result:
         return os.statvfs(self.layers[0] or self.layers[1])
