@@ -217,7 +217,7 @@ class UnionOperations(pyfuse3.Operations):
             if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attrs(child, st), i + 1):
                 break
             if target is None:
-                child.lookups += 1  # readdirplus entries count as lookups
+                self.u.ref(child)  # readdirplus entries count as lookups
             i += 1
 
     async def releasedir(self, fh):

@@ -209,16 +209,26 @@ class Union:
         return node
 
     def _node_for(self, parent: Node, name: str, r: Resolved, count: bool) -> Node:
+        """The table's node for a resolved name; a lookup the kernel does not count leaves
+        the table as it was, so nothing accumulates there without a matching forget."""
         is_dir = stat.S_ISDIR(r.st.st_mode)
         node = self.table.get(r.ino)
         if node is None:
-            node = self.table.add(Node(r.ino, parent, name, is_dir, r.layer))
+            node = Node(r.ino, parent, name, is_dir, r.layer)
+            if count:
+                self.table.add(node)
         else:
             node.parent, node.name, node.is_dir = parent, name, is_dir
             node.layer = r.layer
         node.stack = r.stack
         node.gen = self.table.gen
         return self._ref(node, count)
+
+    def ref(self, node: Node) -> None:
+        """Count one kernel reference (e.g. a readdirplus entry) on a node."""
+        if self.table.get(node.ino) is not node:
+            self.table.add(node)
+        node.lookups += 1
 
     def stat(self, node: Node) -> os.stat_result:
         try:
@@ -400,8 +410,8 @@ class Union:
               ) -> tuple[Node, os.stat_result]:
         self._check_new_name(parent, name)
         updir = self._upper_dir(parent)
-        had_whiteout = os.path.lexists(f"{updir}/{whiteout_name(name)}")
-        opaque = had_whiteout or self._lower_shows_any(parent, name)
+        # Only an upper whiteout means a lower still has the name; elsewhere it is hidden below.
+        opaque = os.path.lexists(f"{updir}/{whiteout_name(name)}")
         tmp = self._tmp_name()
         os.mkdir(tmp, 0o700)
         try:
@@ -421,17 +431,6 @@ class Union:
             raise
         self._clear_whiteout(updir, name)
         return self._new_entry(parent, name)
-
-    def _lower_shows_any(self, parent: Node, name: str) -> bool:
-        """A lower holds something under `name` (even hidden): a new dir there must be opaque."""
-        ppath = parent.path()
-        for layer in parent.stack:
-            if layer == UPPER:
-                continue
-            f, _ = self._probe(layer, ppath, name)
-            if f.present or f.whiteout:
-                return True
-        return False
 
     def symlink(self, parent: Node, name: str, target: str, uid: int, gid: int
                 ) -> tuple[Node, os.stat_result]:
@@ -619,7 +618,7 @@ class Union:
         src_path = f"{oupdir}/{oname}"
         dst_path = f"{nupdir}/{nname}"
         wh_src = self._lower_shows(op, oname)
-        dst_lower = self._lower_shows_any(np, nname) or os.path.lexists(
+        dst_lower = self._lower_shows(np, nname) or os.path.lexists(
             f"{nupdir}/{whiteout_name(nname)}")
         if wh_src:
             self._make_whiteout(oupdir, oname)
@@ -709,7 +708,7 @@ class Union:
         oupdir = self._upper_dir(op)
         nupdir = self._upper_dir(np)
         for n, at_parent, at_name in ((a, np, nname), (b, op, oname)):
-            if n.is_dir and self._lower_shows_any(at_parent, at_name):
+            if n.is_dir and self._lower_shows(at_parent, at_name):
                 _touch(f"{self.real(UPPER, n.path())}/{OPAQUE_MARKER}")
         renameat2(f"{oupdir}/{oname}", f"{nupdir}/{nname}", RENAME_EXCHANGE)
         a.parent, a.name, b.parent, b.name = np, nname, op, oname
