@@ -190,7 +190,7 @@ class UnionOperations(pyfuse3.Operations):
     async def opendir(self, inode, ctx):
         node = self._node(inode)
         entries = self.u.list_dir(node)
-        return self.dirs.open(node, entries)
+        return self.dirs.open(node, entries, self.u.mutations)
 
     @_translate
     async def readdir(self, fh, start_id, token):
@@ -204,10 +204,13 @@ class UnionOperations(pyfuse3.Operations):
             elif i == 1:
                 name, target = "..", node.parent or node
             else:
-                name = d.entries[i - 2].name
+                entry = d.entries[i - 2]
+                name = entry.name
                 target = None
             try:
-                if target is None:
+                if target is None and d.mutations == self.u.mutations:
+                    child, st = self.u.lookup_entry(node, entry)
+                elif target is None:  # something changed since opendir: ask every layer
                     child, st = self.u.lookup(node, name, count=False)
                 else:
                     child, st = target, self.u.stat(target)
@@ -279,10 +282,10 @@ class DirHandles:
         self._next = 1
         self._open: dict[int, DirHandles.Stream] = {}
 
-    def open(self, node: Node, entries) -> int:
+    def open(self, node: Node, entries, mutations: int) -> int:
         fh = self._next
         self._next += 1
-        self._open[fh] = self.Stream(node, entries)
+        self._open[fh] = self.Stream(node, entries, mutations)
         node.open_count += 1
         return fh
 

@@ -63,6 +63,7 @@ class Union:
         self.numbers = InodeNumbers(devs)
         self.table = InodeTable()
         self.handles: dict[int, Handle] = {}
+        self.mutations = 0
         self._tmp = itertools.count()
         if workdir:
             self.work = os.path.join(workdir, "work")
@@ -100,15 +101,20 @@ class Union:
         return stack
 
     @staticmethod
-    def _dir_opaque(path: str) -> bool:
-        if os.path.lexists(f"{path}/{OPAQUE_MARKER}"):
+    def _dir_opaque(path: str, marker_checked: bool = False) -> bool:
+        if not marker_checked and os.path.lexists(f"{path}/{OPAQUE_MARKER}"):
             return True
+        try:
+            names = os.listxattr(path, follow_symlinks=False)
+        except OSError:
+            return False
         for name in OPAQUE_XATTRS:
-            try:
-                if opaque_value(os.getxattr(path, name, follow_symlinks=False)):
-                    return True
-            except OSError:
-                pass
+            if name in names:
+                try:
+                    if opaque_value(os.getxattr(path, name, follow_symlinks=False)):
+                        return True
+                except OSError:
+                    pass
         return False
 
     def _probe(self, layer: int, dirpath: str, name: str) -> tuple[Found, os.stat_result | None]:
@@ -144,21 +150,35 @@ class Union:
         top, stack = resolve_name(gen())
         if top is None or top_st is None:
             return None
-        st = top_st
-        layer = top
-        if top == UPPER:
-            origin = copyup.get_origin(self.real(UPPER, _join(ppath, name)))
-            ino = self.numbers.number(*origin) if origin else self.numbers.number(st.st_dev, st.st_ino)
+        return self._identify(top, stack, _join(ppath, name), top_st)
+
+    def _identify(self, layer: int, stack: list[int], path: str, st: os.stat_result) -> Resolved:
+        """Give a found object its inode number (its origin's) and, for a copied-up lower
+        hardlink, the index copy that stands for it."""
+        if layer == UPPER:
+            origin = copyup.get_origin(self.real(UPPER, path))
+            ino = self.numbers.number(*(origin or (st.st_dev, st.st_ino)))
         else:
             ino = self.numbers.number(st.st_dev, st.st_ino)
             if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode) and self.workdir:
-                ipath = self._index_path(st.st_dev, st.st_ino)
                 try:
-                    st = os.lstat(ipath)
+                    st = os.lstat(self._index_path(st.st_dev, st.st_ino))
                     layer = INDEX
                 except FileNotFoundError:
                     pass
         return Resolved(layer, stack, st, ino)
+
+    def lookup_entry(self, parent: Node, e: MergedEntry) -> tuple[Node, os.stat_result]:
+        """Like lookup(count=False) for a name from a fresh listing of `parent`: a non-directory
+        is already resolved by the listing, so only its own layer is asked."""
+        if e.is_dir:
+            return self.lookup(parent, e.name, count=False)
+        path = _join(parent.path(), e.name)
+        st = os.lstat(self.real(e.layer, path))
+        if stat.S_ISDIR(st.st_mode):
+            return self.lookup(parent, e.name, count=False)
+        r = self._identify(e.layer, [e.layer], path, st)
+        return self._node_for(parent, e.name, r, False), r.st
 
     def _index_path(self, dev: int, ino: int) -> str:
         return f"{self.index}/{dev}_{ino}"
@@ -282,7 +302,7 @@ class Union:
                         continue
                 ld.entries[name] = (is_dir, kwh)
         if not ld.opaque:
-            ld.opaque = self._dir_opaque(d)
+            ld.opaque = self._dir_opaque(d, marker_checked=True)
         return ld
 
     def list_dir(self, node: Node) -> list[MergedEntry]:
@@ -300,8 +320,10 @@ class Union:
         return f"{self.work}/#{os.getpid()}.{next(self._tmp)}"
 
     def _check_writable(self) -> None:
+        """Called first by every changing call: counts changes, so listings know they aged."""
         if self.readonly:
             raise _err(errno.EROFS)
+        self.mutations += 1
 
     def copy_up(self, node: Node, data: bool = True) -> None:
         """Give `node` (and its parents, first) a copy in the upper layer."""
