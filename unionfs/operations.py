@@ -272,11 +272,12 @@ class DirHandles:
     """Open directory streams: a listing taken at opendir, so offsets stay stable."""
 
     class Stream:
-        __slots__ = ("entries", "node")
+        __slots__ = ("entries", "mutations", "node")
 
-        def __init__(self, node, entries):
+        def __init__(self, node, entries, mutations):
             self.node = node
             self.entries = entries
+            self.mutations = mutations
 
     def __init__(self) -> None:
         self._next = 1
