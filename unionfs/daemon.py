@@ -67,8 +67,14 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
         os.write(ready_fd, b"ok\n")
         os.close(ready_fd)
     unmounted_cleanly = False
+    profile_to = os.environ.get("PYUNION_PROFILE")  # a pstats file: where the daemon's time went
     try:
-        trio.run(_serve)
+        if profile_to:
+            import cProfile
+            cProfile.runctx("trio.run(_serve)", globals(), {"trio": trio, "_serve": _serve},
+                            profile_to)
+        else:
+            trio.run(_serve)
         unmounted_cleanly = True
     finally:
         pyfuse3.close(unmount=True)
