@@ -13,7 +13,6 @@ import pyfuse3
 
 ROOT = pyfuse3.ROOT_INODE
 UPPER = 0
-INDEX = -1          # the object lives in workdir/index (a copied-up lower hardlink)
 
 
 @dataclass(eq=False)
@@ -22,7 +21,7 @@ class Node:
     parent: Node | None
     name: str
     is_dir: bool
-    layer: int                       # topmost layer holding it (UPPER, a lower, or INDEX)
+    layer: int                       # topmost layer holding it (UPPER or a lower)
     stack: list[int] = field(default_factory=list)   # dirs: layers merging into it, top first
     lookups: int = 0
     gen: int = 0                     # table generation its layer/stack were computed in

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from unionfs import copyup
-from unionfs.inodes import INDEX, ROOT, UPPER, InodeNumbers, InodeTable, Node
+from unionfs.inodes import ROOT, UPPER, InodeNumbers, InodeTable, Node
 from unionfs.layers import (
     ABSENT,
     HIDDEN,
@@ -64,14 +64,13 @@ class Union:
         self.table = InodeTable()
         self.handles: dict[int, Handle] = {}
         self.mutations = 0
+        self._hardlink_maps: dict[int, dict[tuple[int, int], list[str]]] = {}
         self._tmp = itertools.count()
         if workdir:
             self.work = os.path.join(workdir, "work")
-            self.index = os.path.join(workdir, "index")
             if os.path.isdir(self.work):
                 shutil.rmtree(self.work)  # leftovers of a crash: never visible, now gone
             os.makedirs(self.work, 0o700, exist_ok=True)
-            os.makedirs(self.index, 0o700, exist_ok=True)
         root_stack = self._root_stack()
         st = os.lstat(self.layers[root_stack[0]])
         self.table.add(Node(ROOT, None, "", True, root_stack[0], root_stack, lookups=1))
@@ -80,15 +79,11 @@ class Union:
     # ---- paths and layer probing -------------------------------------------------------
 
     def real(self, layer: int, path: str) -> str:
-        if layer == INDEX:
-            raise AssertionError("index objects are addressed by origin")
         base = self.layers[layer]
         return base if not path else f"{base}/{path}"
 
     def node_real(self, node: Node) -> str:
         self.refresh(node)
-        if node.layer == INDEX:
-            return self._index_path_of(node)
         return self.real(node.layer, node.path())
 
     def _root_stack(self) -> list[int]:
@@ -153,19 +148,12 @@ class Union:
         return self._identify(top, stack, _join(ppath, name), top_st)
 
     def _identify(self, layer: int, stack: list[int], path: str, st: os.stat_result) -> Resolved:
-        """Give a found object its inode number (its origin's) and, for a copied-up lower
-        hardlink, the index copy that stands for it."""
+        """Give a found object its inode number: its origin's, so copy-up does not change it."""
         if layer == UPPER:
             origin = copyup.get_origin(self.real(UPPER, path))
             ino = self.numbers.number(*(origin or (st.st_dev, st.st_ino)))
         else:
             ino = self.numbers.number(st.st_dev, st.st_ino)
-            if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode) and self.workdir:
-                try:
-                    st = os.lstat(self._index_path(st.st_dev, st.st_ino))
-                    layer = INDEX
-                except FileNotFoundError:
-                    pass
         return Resolved(layer, stack, st, ino)
 
     def lookup_entry(self, parent: Node, e: MergedEntry) -> tuple[Node, os.stat_result]:
@@ -179,15 +167,6 @@ class Union:
             return self.lookup(parent, e.name, count=False)
         r = self._identify(e.layer, [e.layer], path, st)
         return self._node_for(parent, e.name, r, False), r.st
-
-    def _index_path(self, dev: int, ino: int) -> str:
-        return f"{self.index}/{dev}_{ino}"
-
-    def _index_path_of(self, node: Node) -> str:
-        st = os.lstat(self.real(node.stack[0], node.path())) if node.stack else None
-        if st is None:
-            raise _err(errno.ENOENT)
-        return self._index_path(st.st_dev, st.st_ino)
 
     def refresh(self, node: Node) -> None:
         """Bring a node's cached layer/stack up to date after subtree-moving changes."""
@@ -338,28 +317,89 @@ class Union:
         dst = self.real(UPPER, path)
         pdir = self.real(UPPER, node.parent.path())
         pst = os.lstat(pdir)
-        if node.layer == INDEX:
-            os.link(self._index_path_of(node), dst)
-        else:
-            src = self.real(node.layer, path)
-            st = os.lstat(src)
-            tmp = self._tmp_name()
-            try:
-                copyup.stage_copy(src, st, tmp, data=data, sync=self.fsync)
-                if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
-                    # Keep lower hardlinks one file: later lookups of the other names find it.
-                    try:
-                        os.link(tmp, self._index_path(st.st_dev, st.st_ino))
-                    except FileExistsError:
-                        pass
-                os.rename(tmp, dst)
-            except BaseException:
-                _remove_quietly(tmp)
-                raise
+        layer = node.layer
+        src = self.real(layer, path)
+        st = os.lstat(src)
+        tmp = self._tmp_name()
+        try:
+            copyup.stage_copy(src, st, tmp, data=data, sync=self.fsync)
+            os.rename(tmp, dst)
+        except BaseException:
+            _remove_quietly(tmp)
+            raise
         self._restore_times(pdir, pst)
         if node.is_dir:
             node.stack = [UPPER] + [x for x in node.stack if x != UPPER]
         node.layer = UPPER
+        if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+            self._link_peers(layer, path, st, dst)
+
+    # ---- lower hardlinks ---------------------------------------------------------
+
+    def _hardlinks(self, layer: int) -> dict[tuple[int, int], list[str]]:
+        """Names of every multiply-linked file of a lower layer, scanned once per mount."""
+        m = self._hardlink_maps.get(layer)
+        if m is None:
+            m = {}
+            stack = [""]
+            while stack:
+                rel = stack.pop()
+                try:
+                    it = os.scandir(self.real(layer, rel))
+                except OSError:
+                    continue
+                with it:
+                    for e in it:
+                        p = _join(rel, e.name)
+                        if e.is_dir(follow_symlinks=False):
+                            stack.append(p)
+                            continue
+                        try:
+                            st = e.stat(follow_symlinks=False)
+                        except OSError:
+                            continue
+                        if st.st_nlink > 1:
+                            m.setdefault((st.st_dev, st.st_ino), []).append(p)
+            self._hardlink_maps[layer] = m
+        return m
+
+    def _link_peers(self, layer: int, path: str, st: os.stat_result, copy: str) -> None:
+        """Keep a lower hardlink group one file: every other name that still shows the same
+        lower file becomes a link to the copy in the upper, so the upper is a changeset that
+        says so as it stands (and a remount sees one file too)."""
+        linked = False
+        for peer in self._hardlinks(layer).get((st.st_dev, st.st_ino), []):
+            if peer == path:
+                continue
+            found = self._resolve_path(peer)
+            if found is None:
+                continue
+            pparent, r = found
+            if r.layer != layer or (r.st.st_dev, r.st.st_ino) != (st.st_dev, st.st_ino):
+                continue
+            updir = self._upper_dir(pparent)
+            pst = os.lstat(updir)
+            os.link(copy, f"{updir}/{_basename(peer)}")
+            self._restore_times(updir, pst)
+            linked = True
+        if linked:
+            self.table.invalidate()
+
+    def _resolve_path(self, path: str) -> tuple[Node, Resolved] | None:
+        """Resolve a merged-view path without touching the inode table."""
+        cur = self.table[ROOT]
+        self.refresh(cur)
+        parts = path.split("/")
+        for i, comp in enumerate(parts):
+            r = self._resolve_child(cur, comp)
+            if r is None:
+                return None
+            if i == len(parts) - 1:
+                return cur, r
+            if not stat.S_ISDIR(r.st.st_mode):
+                return None
+            cur = Node(r.ino, cur, comp, True, r.layer, r.stack, gen=self.table.gen)
+        return None
 
     @staticmethod
     def _restore_times(path: str, st: os.stat_result) -> None:
@@ -804,6 +844,10 @@ def renameat2(src: str, dst: str, flags: int) -> None:
     if libc.renameat2(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst), flags) != 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
+
+
+def _basename(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
 
 
 def _join(a: str, b: str) -> str:
