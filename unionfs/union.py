@@ -245,8 +245,18 @@ class Union:
         return None
 
     def nlink(self, node: Node, st: os.stat_result) -> int:
-        # Merged directories report 1 link, as overlayfs does: no count would be right.
-        return 1 if node.merged else st.st_nlink
+        """Merged directories report 1 link, as overlayfs does (no count would be right); a
+        lower hardlink counts the names that still show it, as a plain filesystem would."""
+        if node.merged:
+            return 1
+        if st.st_nlink > 1 and node.layer != UPPER and not node.is_dir:
+            visible = 0
+            for peer in self._hardlinks(node.layer).get((st.st_dev, st.st_ino), []):
+                found = self._resolve_path(peer)
+                if found and (found[1].st.st_dev, found[1].st.st_ino) == (st.st_dev, st.st_ino):
+                    visible += 1
+            return max(visible, 1)
+        return st.st_nlink
 
     def readlink(self, node: Node) -> str:
         return os.readlink(self.node_real(node))
