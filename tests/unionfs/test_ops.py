@@ -401,3 +401,25 @@ def test_readdir_offsets_stable_while_directory_changes(s):
         untouched = {f"e{i:03}" for i in range(299)}
         assert untouched <= set(seen)
         assert len(seen) == len(set(seen))
+
+
+def test_full_upper_fails_copy_up_cleanly(tmp_path):
+    """ENOSPC during copy-up: the caller gets the error, the upper holds nothing partial."""
+    low, small, mnt = tmp_path / "low", tmp_path / "small", tmp_path / "mnt"
+    for d in (low, small, mnt):
+        d.mkdir()
+    (low / "big").write_bytes(os.urandom(4 << 20))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    try:
+        (small / "up").mkdir()
+        (small / "work").mkdir()
+        with mounted(small / "up", [low], mnt, options=[f"workdir={small / 'work'}"]):
+            with pytest.raises(OSError) as e, open(mnt / "big", "ab") as f:
+                f.write(b"!")
+            assert e.value.errno == errno.ENOSPC
+            assert (mnt / "big").read_bytes() == (low / "big").read_bytes()
+            (mnt / "small").write_text("still writable")
+        assert sorted(os.listdir(small / "up")) == ["small"]
+        assert os.listdir(small / "work" / "work") == []
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
