@@ -65,6 +65,8 @@ class Union:
         self.handles: dict[int, Handle] = {}
         self.mutations = 0
         self._hardlink_maps: dict[int, dict[tuple[int, int], list[str]]] = {}
+        self._lower_dirs: dict[tuple[int, str], LayerDir] = {}
+        self._lower_stats: dict[tuple[int, str], os.stat_result] = {}
         self._tmp = itertools.count()
         if workdir:
             self.work = os.path.join(workdir, "work")
@@ -113,6 +115,8 @@ class Union:
         return False
 
     def _probe(self, layer: int, dirpath: str, name: str) -> tuple[Found, os.stat_result | None]:
+        if layer != UPPER:
+            return self._probe_lower(layer, dirpath, name)
         d = self.real(layer, dirpath)
         p = f"{d}/{name}"
         try:
@@ -125,6 +129,41 @@ class Union:
             return HIDDEN, None
         if stat.S_ISDIR(st.st_mode):
             return Found(True, is_dir=True, opaque=self._dir_opaque(p)), st
+        return Found(True), st
+
+    # Lower layers are read-only and, as with overlayfs, must not change while mounted: their
+    # listings and attributes are read once and answered from memory afterwards.
+
+    def _lower_dir(self, layer: int, path: str) -> LayerDir:
+        key = (layer, path)
+        ld = self._lower_dirs.get(key)
+        if ld is None:
+            ld = self._lower_dirs[key] = self._scan_dir(layer, path)
+        return ld
+
+    def _lower_stat(self, layer: int, path: str) -> os.stat_result:
+        key = (layer, path)
+        st = self._lower_stats.get(key)
+        if st is None:
+            st = self._lower_stats[key] = os.lstat(self.real(layer, path))
+        return st
+
+    def _probe_lower(self, layer: int, dirpath: str, name: str
+                     ) -> tuple[Found, os.stat_result | None]:
+        ld = self._lower_dir(layer, dirpath)
+        ent = ld.entries.get(name)
+        if ent is None:
+            return (HIDDEN if name in ld.whiteouts else ABSENT), None
+        is_dir, kernel_wh = ent
+        if kernel_wh:
+            return HIDDEN, None
+        path = _join(dirpath, name)
+        try:
+            st = self._lower_stat(layer, path)
+        except OSError:
+            return ABSENT, None
+        if is_dir:
+            return Found(True, is_dir=True, opaque=self._lower_dir(layer, path).opaque), st
         return Found(True), st
 
     def _resolve_child(self, parent: Node, name: str) -> Resolved | None:
@@ -162,7 +201,8 @@ class Union:
         if e.is_dir:
             return self.lookup(parent, e.name, count=False)
         path = _join(parent.path(), e.name)
-        st = os.lstat(self.real(e.layer, path))
+        st = os.lstat(self.real(UPPER, path)) if e.layer == UPPER else \
+            self._lower_stat(e.layer, path)
         if stat.S_ISDIR(st.st_mode):
             return self.lookup(parent, e.name, count=False)
         r = self._identify(e.layer, [e.layer], path, st)
@@ -231,7 +271,10 @@ class Union:
 
     def stat(self, node: Node) -> os.stat_result:
         try:
-            return os.lstat(self.node_real(node))
+            real = self.node_real(node)
+            if node.layer != UPPER:
+                return self._lower_stat(node.layer, node.path())
+            return os.lstat(real)
         except OSError:
             fd = self._any_fd(node)
             if fd is None:
@@ -264,6 +307,9 @@ class Union:
     # ---- directory listing ---------------------------------------------------------
 
     def _layer_dir(self, layer: int, path: str) -> LayerDir:
+        return self._scan_dir(layer, path) if layer == UPPER else self._lower_dir(layer, path)
+
+    def _scan_dir(self, layer: int, path: str) -> LayerDir:
         ld = LayerDir(layer)
         d = self.real(layer, path)
         try:
