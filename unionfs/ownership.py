@@ -1,0 +1,86 @@
+"""Ownership an unprivileged user cannot give a file, recorded in an xattr (pure).
+
+The format is the one podman, buildah and fuse-overlayfs share, so stores can be shared with
+them: `user.containers.override_stat` = `uid:gid:mode:type`, mode in octal (e.g. `0755`), type
+one of file, dir, symlink, pipe, socket, `block-MAJOR-MINOR`, `char-MAJOR-MINOR`.
+fuse-overlayfs's older name `user.fuseoverlayfs.override_stat` is read too.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+
+OVERRIDE_XATTR = "user.containers.override_stat"
+OVERRIDE_XATTRS = (OVERRIDE_XATTR, "user.fuseoverlayfs.override_stat")
+
+_TYPES = {
+    "file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK,
+    "pipe": stat.S_IFIFO, "socket": stat.S_IFSOCK,
+}
+_NAMES = {v: k for k, v in _TYPES.items()}
+
+
+@dataclass(frozen=True)
+class Override:
+    uid: int
+    gid: int
+    mode: int          # full st_mode: file type bits and permission bits
+    rdev: int = 0
+
+    def encode(self) -> bytes:
+        return format_override(self).encode()
+
+
+def format_override(o: Override) -> str:
+    kind = stat.S_IFMT(o.mode)
+    if kind == stat.S_IFBLK:
+        t = f"block-{os.major(o.rdev)}-{os.minor(o.rdev)}"
+    elif kind == stat.S_IFCHR:
+        t = f"char-{os.major(o.rdev)}-{os.minor(o.rdev)}"
+    else:
+        t = _NAMES.get(kind, "file")
+    return f"{o.uid}:{o.gid}:{stat.S_IMODE(o.mode):04o}:{t}"
+
+
+def parse_override(value: bytes | str, real_mode: int = stat.S_IFREG) -> Override | None:
+    """Parse the xattr's value; without a type the real object's type stands. None if malformed."""
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    parts = value.strip("\0").strip().split(":")
+    if len(parts) < 3:
+        return None
+    try:
+        uid, gid, perm = int(parts[0]), int(parts[1]), int(parts[2], 8)
+    except ValueError:
+        return None
+    kind, rdev = stat.S_IFMT(real_mode), 0
+    if len(parts) > 3 and parts[3]:
+        t = parts[3]
+        if t.startswith(("block-", "char-")):
+            try:
+                name, major, minor = t.split("-")
+                rdev = os.makedev(int(major), int(minor))
+            except ValueError:
+                return None
+            kind = stat.S_IFBLK if name == "block" else stat.S_IFCHR
+        elif t in _TYPES:
+            kind = _TYPES[t]
+        else:
+            return None
+    return Override(uid, gid, kind | (perm & 0o7777), rdev)
+
+
+def read_override(path: str, real_mode: int) -> Override | None:
+    for name in OVERRIDE_XATTRS:
+        try:
+            v = os.getxattr(path, name, follow_symlinks=False)
+        except OSError:
+            continue
+        return parse_override(v, real_mode)
+    return None
+
+
+def write_override(path: str, o: Override) -> None:
+    os.setxattr(path, OVERRIDE_XATTR, o.encode(), follow_symlinks=False)
