@@ -1,0 +1,154 @@
+"""`pyunion run`: image -> snapshot -> union mount -> bundle -> container, then clean up.
+
+    pyunion run [--rm] [--name ID] [--commit NAME] [-e K=V] [-w DIR] [-u USER]
+                [--hostname H] [--root DIR] IMAGE [CMD ARGS...]
+
+The container runs in the foreground with our stdio; SIGINT/SIGTERM are forwarded to it and the
+exit status is the container's. Whatever happens (program crash, Ctrl-C, an error of ours), the
+container is deleted and the snapshot unmounted before this returns; --commit then turns the
+snapshot's upper directory into a new image, and --rm removes the snapshot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from snapshotter import conversion
+from snapshotter.errors import SnapshotterError
+from snapshotter.runtime import syscalls as sc
+from snapshotter.runtime.errors import ContainerError
+from snapshotter.runtime.lifecycle import Runtime
+
+USAGE = ("pyunion run [--rm] [--name ID] [--commit NAME] [-e K=V] [-w DIR] [-u USER] "
+         "[--hostname H] [--root DIR] IMAGE [CMD ARGS...]")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        raise SnapshotterError(f"pyunion run: {message} (usage: {USAGE})")
+
+
+def _parser() -> _Parser:
+    p = _Parser(prog="pyunion run", add_help=True, usage=USAGE)
+    p.add_argument("--rm", action="store_true", help="remove the snapshot afterwards")
+    p.add_argument("--name", help="container ID (default: a random one)")
+    p.add_argument("--commit", metavar="NAME", help="save the container's changes as image NAME")
+    p.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
+    p.add_argument("-w", "--workdir")
+    p.add_argument("-u", "--user")
+    p.add_argument("--hostname")
+    p.add_argument("--root", help="store root (default /var/lib/pyunion)")
+    p.add_argument("image")
+    p.add_argument("cmd", nargs=argparse.REMAINDER)
+    return p
+
+
+def read_in_root(rootfs: Path, path: str) -> str | None:
+    """A file of the image, resolved inside its root (never through a symlink out of it)."""
+    rootfd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = sc.openat2(rootfd, path, os.O_RDONLY, sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS)
+    except OSError:
+        return None
+    finally:
+        os.close(rootfd)
+    with os.fdopen(fd, "rb") as f:
+        return f.read(1 << 22).decode(errors="replace")
+
+
+def _expand_env(items: list[str]) -> list[str]:
+    """`-e K` takes K from our environment, as docker does."""
+    out = []
+    for item in items:
+        if "=" not in item:
+            if item not in os.environ:
+                continue
+            item = f"{item}={os.environ[item]}"
+        out.append(item)
+    return out
+
+
+def _terminate(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run(a: argparse.Namespace) -> int:
+    from snapshotter.images import IMAGE_LABEL, ImageStore
+    from snapshotter.snapshots import default_root, mount_fstype, mount_snapshot, unmount
+
+    root = Path(a.root) if a.root else default_root()
+    cid = a.name or secrets.token_hex(6)
+    runtime = Runtime(root / "runtime" / "state",
+                      warn=lambda m: print(f"pyunion run: warning: {m}", file=sys.stderr))
+    bundle = root / "runtime" / "bundles" / cid
+    key = f"run-{cid}"
+    code = 1
+    with ImageStore(root) as store:
+        rec = store.resolve(a.image)
+        bundle.mkdir(parents=True)  # FileExistsError: that name is in use
+        try:
+            mounts = store.snapshots.prepare(key, rec.top, labels={IMAGE_LABEL: rec.name})
+        except BaseException:
+            shutil.rmtree(bundle, ignore_errors=True)
+            raise
+        rootfs = bundle / "rootfs"
+        committed = None
+        ran = False  # a snapshot whose container never ran holds nothing worth keeping
+        try:
+            rootfs.mkdir()
+            try:
+                mount_snapshot(mounts, rootfs)
+                config = conversion.convert(
+                    rec.config, args=a.cmd or None, env=_expand_env(a.env), cwd=a.workdir,
+                    user=a.user, hostname=a.hostname or cid[:12],
+                    passwd=read_in_root(rootfs, "/etc/passwd"),
+                    group=read_in_root(rootfs, "/etc/group"),
+                    annotations=(rec.manifest or {}).get("annotations"))
+                (bundle / "config.json").write_text(json.dumps(config, indent=1))
+                code = runtime.run(cid, str(bundle))
+                ran = True
+            finally:
+                unmount(rootfs)  # a no-op if it was never mounted
+            if a.commit:
+                committed = store.commit(key, a.commit)
+        finally:
+            if mount_fstype(rootfs) is None:  # never delete through a live mount
+                shutil.rmtree(bundle, ignore_errors=True)
+                if a.rm or not ran:
+                    store.snapshots.remove(key)
+        if committed is not None:
+            print(f"committed {committed.name} {committed.manifest_digest}", file=sys.stderr)
+        elif ran and not a.rm:
+            print(f"pyunion run: snapshot {key} kept (use --rm to remove it)", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    old = signal.signal(signal.SIGTERM, _terminate)  # clean up on TERM outside the container
+    try:
+        return run(_parser().parse_args(argv))
+    except (SnapshotterError, ContainerError) as e:
+        print(f"pyunion run: {e}", file=sys.stderr)
+        return 125
+    except FileExistsError as e:
+        print(f"pyunion run: container {os.path.basename(e.filename or '')} already exists",
+              file=sys.stderr)
+        return 125
+    except KeyboardInterrupt:
+        print("pyunion run: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""`pyunion-runtime` / `pyunion runtime`: runc's command line, error strings and exit codes.
+
+Errors are one line: `time=... level=error msg=...` on stderr, or, with --log FILE, a line in FILE
+(text or json, as containerd's shim reads it) plus the bare message on stderr, as runc does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from snapshotter.runtime import spec
+from snapshotter.runtime.errors import ContainerError
+from snapshotter.runtime.lifecycle import Runtime
+from snapshotter.runtime.state import DEFAULT_ROOT
+
+VERSION = "pyunion-runtime 0.1.0\nspec: 1.0.2"
+USAGE = """\
+usage: pyunion-runtime [--root DIR] [--log FILE] [--log-format text|json] COMMAND ...
+commands:
+  create --bundle DIR [--pid-file F] ID     build the container; its process waits for start
+  start ID                                  run the user program of a created container
+  state ID                                  state JSON on stdout
+  kill [--all] ID [SIGNAL]                  send SIGNAL (name or number, default TERM)
+  delete [--force] ID                       remove a stopped container (--force: kill it first)
+  run --bundle DIR [--detach] [--pid-file F] ID   create + start (+ wait + delete)
+  list [--format table|json] [--quiet]      all containers under --root
+  ps --format json ID                       host pids of the container's processes
+  spec [--bundle DIR]                       write a default config.json"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        raise ContainerError(f"{self.prog}: {message}")
+
+
+class Logger:
+    def __init__(self, path: str | None, fmt: str) -> None:
+        self.path, self.fmt = path, fmt
+
+    def _line(self, level: str, msg: str) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        if self.fmt == "json":
+            return json.dumps({"level": level, "msg": msg, "time": stamp})
+        return f"time={json.dumps(stamp)} level={level} msg={json.dumps(msg)}"
+
+    def log(self, level: str, msg: str) -> None:
+        if self.path:
+            try:
+                with open(self.path, "a") as f:
+                    f.write(self._line(level, msg) + "\n")
+            except OSError:
+                pass
+            if level == "error":
+                print(msg, file=sys.stderr)
+        else:
+            print(self._line(level, msg), file=sys.stderr)
+
+    def warn(self, msg: str) -> None:
+        self.log("warning", msg)
+
+
+def _global(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
+    opts: dict[str, Any] = {"root": DEFAULT_ROOT, "log": None, "log_format": "text"}
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        arg = argv[i]
+        name, eq, value = arg.partition("=")
+        key = name.lstrip("-").replace("-", "_")
+        if key in ("root", "log", "log_format", "criu", "rootless"):
+            if not eq:
+                i += 1
+                if i >= len(argv):
+                    raise ContainerError(f"flag needs an argument: {name}")
+                value = argv[i]
+            opts[key] = value
+        elif key in ("debug", "systemd_cgroup", "no_pivot"):
+            opts[key] = True
+        elif key in ("help", "h"):
+            opts["help"] = True
+        elif key in ("version", "v"):
+            opts["version"] = True
+        else:
+            raise ContainerError(f"flag provided but not defined: {name}")
+        i += 1
+    if opts.get("log_format") not in ("text", "json"):
+        raise ContainerError(f"invalid log-format: {opts['log_format']}")
+    return opts, argv[i:]
+
+
+def _subparser(cmd: str) -> _Parser:
+    p = _Parser(prog=f"pyunion-runtime {cmd}", add_help=False)
+    p.add_argument("--root")
+    if cmd in ("create", "run"):
+        p.add_argument("--bundle", "-b", default=".")
+        p.add_argument("--pid-file")
+        p.add_argument("--console-socket")
+        p.add_argument("--no-pivot", action="store_true")
+        p.add_argument("--no-new-keyring", action="store_true")
+        p.add_argument("--preserve-fds", type=int, default=0)
+        if cmd == "run":
+            p.add_argument("--detach", "-d", action="store_true")
+        p.add_argument("id")
+    elif cmd in ("start", "state"):
+        p.add_argument("id")
+    elif cmd == "kill":
+        p.add_argument("--all", "-a", action="store_true")
+        p.add_argument("id")
+        p.add_argument("signal", nargs="?", default="TERM")
+    elif cmd == "delete":
+        p.add_argument("--force", "-f", action="store_true")
+        p.add_argument("id")
+    elif cmd == "list":
+        p.add_argument("--format", "-f", choices=("table", "json"), default="table")
+        p.add_argument("--quiet", "-q", action="store_true")
+    elif cmd == "ps":
+        p.add_argument("--format", "-f", choices=("json",), default="json")
+        p.add_argument("id")
+    elif cmd == "spec":
+        p.add_argument("--bundle", "-b", default=".")
+        p.add_argument("--rootless", action="store_true")
+    else:
+        raise ContainerError(f"No help topic for '{cmd}'", exit_code=3)
+    return p
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    """runc's tabwriter layout: columns at least 12 wide, 3 spaces of padding."""
+    head = ["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"]
+    cells = [head] + [[r["id"], str(r["pid"]), r["status"], r["bundle"], r["created"],
+                       r["owner"]] for r in rows]
+    widths = [max(12, max(len(c[i]) for c in cells) + 3) for i in range(len(head))]
+    return "\n".join("".join(c.ljust(w) for c, w in zip(row[:-1], widths)) + row[-1]
+                     for row in cells)
+
+
+def _dispatch(cmd: str, a: argparse.Namespace, rt: Runtime) -> int:
+    if cmd in ("create", "run"):
+        if a.console_socket:
+            raise ContainerError("--console-socket is not supported (process.terminal must be "
+                                 "false)")
+        if a.no_pivot:
+            raise ContainerError("--no-pivot is not supported: pyunion always uses pivot_root")
+        if a.preserve_fds:
+            raise ContainerError("--preserve-fds is not supported")
+        if cmd == "create":
+            rt.create(a.id, a.bundle, a.pid_file)
+            return 0
+        return rt.run(a.id, a.bundle, a.pid_file, detach=a.detach)
+    if cmd == "start":
+        rt.start(a.id)
+    elif cmd == "state":
+        sys.stdout.write(json.dumps(rt.state(a.id), indent=2))
+        sys.stdout.flush()
+    elif cmd == "kill":
+        rt.kill(a.id, a.signal, all_=a.all)
+    elif cmd == "delete":
+        rt.delete(a.id, force=a.force)
+    elif cmd == "list":
+        rows = rt.list()
+        if a.quiet:
+            print("\n".join(r["id"] for r in rows)) if rows else None
+        elif a.format == "json":
+            print(json.dumps(rows or None))
+        else:
+            print(_table(rows))
+    elif cmd == "ps":
+        print(json.dumps(rt.pids(a.id)))
+    elif cmd == "spec":
+        path = os.path.join(a.bundle, "config.json")
+        if os.path.exists(path):
+            raise ContainerError(f"File {path} exists. Remove it first")
+        with open(path, "x") as f:
+            json.dump(spec.default_spec(), f, indent="\t")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logger = Logger(None, "text")
+    try:
+        opts, rest = _global(argv)
+        logger = Logger(opts["log"], opts["log_format"])
+        if opts.get("version"):
+            print(VERSION)
+            return 0
+        if opts.get("help") or not rest:
+            print(USAGE)
+            return 0
+        cmd, args = rest[0], rest[1:]
+        a = _subparser(cmd).parse_args(args)
+        root = a.root or opts["root"]
+        return _dispatch(cmd, a, Runtime(root, warn=logger.warn))
+    except ContainerError as e:
+        logger.log("error", str(e))
+        return e.exit_code
+    except KeyboardInterrupt:
+        logger.log("error", "interrupted")
+        return 130
+    except OSError as e:
+        logger.log("error", f"{e.strerror}: {e.filename}" if e.filename else str(e))
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""The container side of `create`: two forked stages, then a wait until `start`, then execve.
+
+Stage A (forked by the runtime) joins `path` namespaces, unshares the new ones (the user namespace
+first; the runtime writes its id maps), then forks stage B and exits. Only a child of an
+unshare(CLONE_NEWPID) caller lands in the new pid namespace, hence two stages.
+
+Stage B is the container's pid 1: it builds the filesystem, asks the runtime to run prestart and
+createRuntime hooks, runs createContainer hooks, pivots, applies the process settings, reports
+`ready`, closes every fd, and blocks opening the exec fifo for writing. `start` opens the read end;
+B writes one byte, runs startContainer hooks and execs the user program with the write end
+close-on-exec, so `start` sees EOF exactly when the exec happened (or an error text before EOF).
+
+Everything B needs is imported before pivot_root: after it, the host's Python library is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess  # noqa: F401  (imported before pivot_root; used by hooks)
+from typing import Any, NoReturn
+
+from snapshotter.runtime import hooks, mounts, spec
+from snapshotter.runtime import syscalls as sc
+from snapshotter.runtime.errors import ContainerError
+from snapshotter.runtime.state import OCI_VERSION
+
+_KILL_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+                 signal.SIGUSR2)
+
+
+class Channel:
+    """Framed JSON messages over the SOCK_SEQPACKET pair shared by runtime and init."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def send(self, **msg: Any) -> None:
+        self.sock.send(json.dumps(msg).encode())
+
+    def recv(self) -> dict[str, Any]:
+        raw = self.sock.recv(1 << 16)
+        if not raw:
+            raise ContainerError("runtime went away")
+        return json.loads(raw)
+
+    def expect_ok(self) -> None:
+        msg = self.recv()
+        if msg.get("t") != "ok":
+            raise ContainerError(msg.get("msg") or "aborted by the runtime")
+
+
+def describe(e: BaseException) -> str:
+    """One line for an error raised in the init."""
+    if isinstance(e, OSError) and e.strerror:
+        where = f" {e.filename}" if e.filename and str(e.filename) not in e.strerror else ""
+        return f"{e.strerror}{where}"
+    return str(e) or type(e).__name__
+
+
+def stage_a(ch: Channel, config: dict[str, Any], bundle: str, rootfs: str,
+            statefd: int, cid: str) -> NoReturn:
+    try:
+        ch.expect_ok()  # the runtime has put us in the container's cgroup
+        nss = spec.namespaces(config)
+        fds = {t: os.open(p, os.O_RDONLY | os.O_CLOEXEC) for t, p in nss.items() if p}
+        if "user" in fds:
+            sc.setns(fds.pop("user"), sc.CLONE_NEWUSER)
+        elif "user" in nss:
+            sc.unshare(sc.CLONE_NEWUSER)
+            ch.send(t="userns")
+            ch.expect_ok()
+        if "user" in nss:
+            os.setresgid(0, 0, 0)
+            os.setresuid(0, 0, 0)
+        for t, fd in fds.items():
+            sc.setns(fd, spec.NAMESPACE_FLAGS[t])
+            os.close(fd)
+        flags = 0
+        for t, p in nss.items():
+            if p is None and t != "user":
+                flags |= spec.NAMESPACE_FLAGS[t]
+        sc.unshare(flags)
+        pid = os.fork()
+        if pid == 0:
+            stage_b(ch, config, bundle, rootfs, statefd, cid)
+        ch.send(t="pid", pid=pid)
+        os._exit(0)
+    except BaseException as e:  # noqa: BLE001 - anything must reach the runtime as one line
+        _fail(ch, e)
+
+
+def _fail(ch: Channel, e: BaseException) -> NoReturn:
+    try:
+        ch.send(t="error", msg=describe(e))
+    finally:
+        os._exit(1)
+
+
+def _die_on_signal(signum: int, _frame: Any) -> None:
+    os._exit(128 + signum)
+
+
+def stage_b(ch: Channel, config: dict[str, Any], bundle: str, rootfs: str,
+            statefd: int, cid: str) -> NoReturn:
+    try:
+        # pid 1 of a pid namespace ignores signals it has no handler for; `kill` must work while
+        # the container is `created`. Non-dumpable: /proc/1/exe (host python) stays unreachable.
+        for s in _KILL_SIGNALS:
+            signal.signal(s, _die_on_signal)
+        sc.prctl(sc.PR_SET_DUMPABLE, 0)
+        ch.expect_ok()  # the runtime knows our pid now (hooks get it; oomScoreAdj is set)
+        _build(ch, config, bundle, rootfs, statefd, cid)
+    except BaseException as e:  # noqa: BLE001
+        _fail(ch, e)
+    raise AssertionError("unreachable")
+
+
+def _hook_state(config: dict, bundle: str, cid: str, status: str) -> dict[str, Any]:
+    st = {"ociVersion": OCI_VERSION, "id": cid, "status": status, "pid": os.getpid(),
+          "bundle": bundle}
+    if config.get("annotations"):
+        st["annotations"] = config["annotations"]
+    return st
+
+
+def _build(ch: Channel, config: dict, bundle: str, rootfs: str, statefd: int,
+           cid: str) -> NoReturn:
+    linux = config.get("linux") or {}
+    proc = config["process"]
+    nss = spec.namespaces(config)
+    cfg_mounts = config.get("mounts") or []
+    mounts.prepare_root(rootfs, linux.get("rootfsPropagation"))
+    mounts.do_mounts(rootfs, bundle, cfg_mounts)
+    if not mounts.dev_is_bind(cfg_mounts):
+        mounts.create_devices(rootfs, linux.get("devices") or [], "user" in nss)
+    ch.send(t="hooks")  # prestart + createRuntime, in the runtime's namespaces
+    ch.expect_ok()
+    hooks.run_hooks(spec.hooks(config, "createContainer"),
+                    _hook_state(config, bundle, cid, "creating"), cwd=rootfs)
+    cwd_fd = mounts.open_in_root_path(rootfs, proc["cwd"], create="dir")  # runc makes it too
+    os.close(cwd_fd)
+    if config.get("hostname"):
+        sc.sethostname(config["hostname"])
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        cap_last = int(f.read())
+    setgroups = _setgroups_allowed()
+    mounts.pivot(rootfs)
+    mounts.write_sysctl(linux.get("sysctl") or {})  # runc's order: before /proc/sys goes ro
+    mounts.readonly_paths(linux.get("readonlyPaths") or [])
+    mounts.mask_paths(linux.get("maskedPaths") or [])
+    if config["root"].get("readonly"):
+        mounts.readonly_root()
+    for rl in proc.get("rlimits") or []:
+        res = getattr(resource, rl["type"], None)
+        if res is None:
+            raise ContainerError(f"unknown rlimit {rl['type']}")
+        resource.setrlimit(res, (rl["soft"], rl["hard"]))
+    env = spec.exec_env(proc)
+    os.chdir(proc["cwd"])
+    here = os.getcwd()  # raises if the cwd is not reachable from the new root
+    if not here.startswith("/"):
+        raise ContainerError(f"cwd {proc['cwd']} is outside the container root")
+    exe = _lookup(proc["args"][0], env)
+    _set_user(proc, cap_last, setgroups)
+    ch.send(t="ready")
+    ch.sock.close()
+    _close_fds_except(statefd)
+    fifo = os.open("exec.fifo", os.O_WRONLY | os.O_CLOEXEC, dir_fd=statefd)  # blocks: `start`
+    os.close(statefd)
+    try:
+        os.write(fifo, b"0")
+        hooks.run_hooks(spec.hooks(config, "startContainer"),
+                        _hook_state(config, bundle, cid, "created"), cwd="/")
+        if proc.get("noNewPrivileges"):
+            sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+        umask = (proc.get("user") or {}).get("umask")
+        os.umask(0o022 if umask is None else umask)  # runc's default when unset
+        for s in range(1, signal.NSIG):
+            try:
+                signal.signal(s, signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass
+        os.closerange(3, fifo)
+        os.execve(exe, proc["args"], dict(e.split("=", 1) for e in env if "=" in e))
+    except BaseException as e:  # noqa: BLE001 - tell `start`, which waits for EOF
+        os.write(fifo, ("error: " + describe(e)).encode())
+        os._exit(1)
+    raise AssertionError("unreachable")
+
+
+def _lookup(name: str, env: list[str]) -> str:
+    """exec.LookPath inside the container, with runc's error messages."""
+    if "/" in name:
+        try:
+            os.stat(name)
+        except OSError as e:
+            raise ContainerError(f'exec: "{name}": stat {name}: {e.strerror.lower()}') from None
+        return name
+    for d in spec.lookup_path(env).split(":"):
+        cand = os.path.join(d or ".", name)
+        if os.path.isfile(cand) and os.access(cand, os.X_OK):
+            return cand
+    raise ContainerError(f'exec: "{name}": executable file not found in $PATH')
+
+
+def _set_user(proc: dict, cap_last: int, setgroups: bool) -> None:
+    user = proc.get("user") or {}
+    uid, gid = user.get("uid", 0), user.get("gid", 0)
+    caps = proc.get("capabilities")
+    if caps is not None:
+        bounding = spec.capability_mask(caps.get("bounding"), "bounding")
+        for c in range(cap_last + 1):
+            if not bounding & (1 << c):
+                sc.prctl(sc.PR_CAPBSET_DROP, c)
+    sc.prctl(sc.PR_SET_KEEPCAPS, 1)
+    if setgroups:
+        os.setgroups(list(user.get("additionalGids") or []))
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    sc.prctl(sc.PR_SET_KEEPCAPS, 0)
+    if caps is not None:
+        sc.capset(spec.capability_mask(caps.get("effective"), "effective"),
+                  spec.capability_mask(caps.get("permitted"), "permitted"),
+                  spec.capability_mask(caps.get("inheritable"), "inheritable"))
+        sc.prctl(sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_CLEAR_ALL)
+        for c in (caps.get("ambient") or []):
+            try:  # like runc: an ambient cap not in permitted+inheritable is skipped
+                sc.prctl(sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_RAISE, spec.CAP_NUMBERS[c])
+            except PermissionError:
+                pass
+
+
+def _setgroups_allowed() -> bool:
+    try:
+        with open("/proc/self/setgroups") as f:
+            return f.read().strip() != "deny"
+    except OSError:
+        return True
+
+
+def _close_fds_except(keep: int) -> None:
+    """No fd of the runtime reaches the container (runc CVE-2024-21626)."""
+    os.closerange(3, keep)
+    os.closerange(keep + 1, 1 << 30)

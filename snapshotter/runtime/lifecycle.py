@@ -1,0 +1,365 @@
+"""The runtime side of the OCI lifecycle (runtime.md): create, start, state, kill, delete, run.
+
+Every failure inside `create` or a failing create hook destroys what was made (process tree,
+cgroup, state directory); the mounts live only in the container's mount namespace, so they go
+with its last process.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from snapshotter.runtime import cgroups, hooks, init, spec
+from snapshotter.runtime import syscalls as sc
+from snapshotter.runtime.errors import ContainerError
+from snapshotter.runtime.state import (
+    DEFAULT_ROOT,
+    OCI_VERSION,
+    StateDir,
+    now_rfc3339,
+    proc_start_time,
+)
+
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                     signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
+
+
+def parse_signal(text: str) -> int:
+    """"TERM", "SIGTERM", "15" -> 15 (runc accepts all three)."""
+    if text.isdigit():
+        num = int(text)
+        if 0 < num < signal.NSIG:
+            return num
+    else:
+        name = text.upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        sig = getattr(signal.Signals, name, None) if name in signal.Signals.__members__ else None
+        if sig is not None:
+            return int(sig)
+    raise ContainerError(f"unknown signal {text!r}")
+
+
+def _wait_gone(pid: int, start: int | None, timeout: float = 10.0) -> None:
+    """Reap `pid` if it is our child, else wait until it no longer exists as that process."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return
+        except ChildProcessError:
+            if start is None or proc_start_time(pid) != start:
+                return
+        time.sleep(0.01)
+
+
+def hook_state(st: dict[str, Any], status: str, pid: int | None) -> dict[str, Any]:
+    """The state a hook reads on stdin: exactly runtime.md's fields."""
+    out: dict[str, Any] = {"ociVersion": OCI_VERSION, "id": st["id"], "status": status}
+    if pid:
+        out["pid"] = pid
+    out["bundle"] = st["bundle"]
+    if st.get("annotations"):
+        out["annotations"] = st["annotations"]
+    return out
+
+
+class Runtime:
+    def __init__(self, root: str | Path = DEFAULT_ROOT,
+                 warn: Callable[[str], None] | None = None) -> None:
+        self.sd = StateDir(root)
+        self.warn = warn or (lambda msg: None)
+
+    # -- create -----------------------------------------------------------------------------
+    def create(self, cid: str, bundle: str, pid_file: str | None = None) -> dict[str, Any]:
+        if not spec.valid_id(cid):
+            raise ContainerError("invalid container ID format")
+        bundle = os.path.abspath(bundle)
+        if not os.path.isdir(bundle):
+            raise ContainerError(f"chdir {bundle}: no such file or directory")
+        config = spec.load(bundle)
+        rootfs = str(spec.rootfs_path(config, bundle))
+        if not os.path.isdir(rootfs):
+            raise ContainerError(f"invalid rootfs: stat {rootfs}: no such file or directory")
+        for t, p in spec.namespaces(config).items():
+            if p and not os.path.exists(p):
+                raise ContainerError(f"{t} namespace path {p}: no such file or directory")
+        sdir = self.sd.claim(cid)
+        me = os.getpid()
+        st: dict[str, Any] = {
+            "id": cid, "bundle": bundle, "rootfs": rootfs, "created": now_rfc3339(),
+            "annotations": config.get("annotations") or {}, "config": config,
+            "status": "creating", "creator": [me, proc_start_time(me)],
+            "pid": 0, "pid_start": None, "cgroup": None,
+        }
+        pid_a = 0
+        try:
+            self.sd.write(st)
+            fifo = self.sd.fifo(cid)
+            os.mkfifo(fifo, 0o600)
+            os.chmod(fifo, 0o600)  # only the container's user may open it (through a dir fd)
+            os.chown(fifo, *spec.host_ids(config))
+            cg = cgroups.create(cid, (config.get("linux") or {}).get("cgroupsPath"))
+            st["cgroup"] = str(cg) if cg else None
+            self.sd.write(st)
+            parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)  # the init re-parents to us: run can wait
+            # Opened here, as root in the host's namespaces: the init may be another user.
+            statefd = os.open(sdir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            pid_a = os.fork()
+            if pid_a == 0:
+                parent.close()
+                init.stage_a(init.Channel(child), config, bundle, rootfs, statefd, cid)
+            os.close(statefd)
+            child.close()
+            with parent:
+                ch = init.Channel(parent)
+                if cg:
+                    try:
+                        cgroups.add(cg, pid_a)
+                    except OSError as e:  # e.g. a delegated hierarchy we may not use
+                        self.warn(f"not tracking the container in cgroup {cg}: {e.strerror}")
+                        cgroups.remove(cg)
+                        st["cgroup"] = None
+                        self.sd.write(st)
+                ch.send(t="ok")
+                self._handshake(ch, st, pid_a, config)
+            st["status"] = "created"
+            st.pop("creator")
+            self.sd.write(st)
+            if pid_file:
+                tmp = f"{pid_file}.tmp"
+                Path(tmp).write_text(str(st["pid"]))
+                os.replace(tmp, pid_file)
+        except BaseException:
+            self._destroy(st, extra=[pid_a] if pid_a else [])
+            raise
+        return st
+
+    def _handshake(self, ch: init.Channel, st: dict[str, Any], pid_a: int,
+                   config: dict[str, Any]) -> None:
+        linux = config.get("linux") or {}
+        while True:
+            try:
+                msg = ch.recv()
+            except ContainerError:
+                raise ContainerError("container init exited before it was ready") from None
+            t = msg.get("t")
+            if t == "userns":
+                for key, name in (("gidMappings", "gid_map"), ("uidMappings", "uid_map")):
+                    lines = "".join(f"{m['containerID']} {m['hostID']} {m['size']}\n"
+                                    for m in linux.get(key) or [])
+                    Path(f"/proc/{pid_a}/{name}").write_text(lines)
+                ch.send(t="ok")
+            elif t == "pid":
+                st["pid"] = msg["pid"]
+                st["pid_start"] = proc_start_time(msg["pid"])
+                self.sd.write(st)
+                os.waitpid(pid_a, 0)
+                if "oomScoreAdj" in config["process"]:
+                    # From here (host root): the init is non-dumpable, and in a user namespace
+                    # its own /proc/self files are not its to write.
+                    Path(f"/proc/{st['pid']}/oom_score_adj").write_text(
+                        str(config["process"]["oomScoreAdj"]))
+                ch.send(t="ok")
+            elif t == "hooks":
+                state = hook_state(st, "creating", st["pid"])
+                try:
+                    hooks.run_hooks(spec.hooks(config, "prestart"), state, cwd=st["bundle"])
+                    hooks.run_hooks(spec.hooks(config, "createRuntime"), state,
+                                    cwd=st["bundle"])
+                except ContainerError as e:
+                    ch.send(t="error", msg=str(e))
+                    raise
+                ch.send(t="ok")
+            elif t == "ready":
+                return
+            elif t == "error":
+                raise ContainerError(msg.get("msg") or "container init failed")
+
+    def _kill_everything(self, st: dict[str, Any],
+                         extra: list[int] | tuple[int, ...] = ()) -> list[tuple[int, int | None]]:
+        """SIGKILL the init (if it is still the same process), `extra` and the whole cgroup."""
+        victims: list[tuple[int, int | None]] = []
+        for p in [*extra, st.get("pid") or 0]:
+            if not p:
+                continue
+            start = proc_start_time(p)
+            if p == st.get("pid") and start != st.get("pid_start"):
+                start = None  # a different process reusing the pid: not ours
+            if start is not None:
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            victims.append((p, start))
+        if st.get("cgroup"):
+            cgroups.kill_all(Path(st["cgroup"]), signal.SIGKILL)
+        return victims
+
+    def _destroy(self, st: dict[str, Any], extra: list[int] | tuple[int, ...] = ()) -> None:
+        """Undo create: no process, cgroup or state directory is left."""
+        for p, start in self._kill_everything(st, extra):
+            _wait_gone(p, start)
+        if st.get("cgroup"):
+            cg = Path(st["cgroup"])
+            deadline = time.monotonic() + 5
+            while cgroups.procs(cg) and time.monotonic() < deadline:
+                cgroups.kill_all(cg, signal.SIGKILL)
+                time.sleep(0.01)
+            try:
+                cgroups.remove(cg)
+            except OSError as e:
+                self.warn(f"could not remove cgroup {cg}: {e.strerror}")
+        self.sd.remove(st["id"])
+
+    # -- start ------------------------------------------------------------------------------
+    def start(self, cid: str) -> None:
+        st = self.sd.read(cid)
+        status = self.sd.status(st)
+        if status != "created":
+            raise ContainerError({
+                "running": "cannot start an already running container",
+                "stopped": "cannot start a container that has stopped",
+            }.get(status, f"cannot start a container in the {status} state"))
+        try:
+            fd = os.open(self.sd.fifo(cid), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise ContainerError("cannot start an already running container") from None
+        try:
+            data = self._await_exec(fd, st)
+        finally:
+            os.close(fd)
+            # Only now: the init may not have reached its open() of the fifo before.
+            self.sd.fifo(cid).unlink(missing_ok=True)
+        if not data:
+            raise ContainerError("cannot start a container that has stopped")
+        if data != b"0":
+            self._kill_everything(st)
+            raise ContainerError(data[1:].decode(errors="replace").removeprefix("error: "))
+        state = hook_state(st, "running", st["pid"])
+        try:
+            hooks.run_hooks(spec.hooks(st["config"], "poststart"), state, cwd=st["bundle"])
+        except ContainerError:
+            for p, start in self._kill_everything(st):
+                _wait_gone(p, start)
+            raise
+
+    def _await_exec(self, fd: int, st: dict[str, Any]) -> bytes:
+        """Read the fifo until EOF: b"0" then EOF = exec happened; b"0error: ..." = it failed."""
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        data = b""
+        while True:
+            if poller.poll(100):
+                chunk = os.read(fd, 4096)
+                if chunk:
+                    data += chunk
+                    continue
+                if data:
+                    return data
+            if proc_start_time(st["pid"]) != st["pid_start"]:
+                # init gone: collect anything it wrote before dying
+                try:
+                    data += os.read(fd, 4096)
+                except BlockingIOError:
+                    pass
+                return data
+            if not data:
+                time.sleep(0.005)
+
+    # -- state / kill / delete / list -------------------------------------------------------
+    def state(self, cid: str) -> dict[str, Any]:
+        return self.sd.public(self.sd.read(cid))
+
+    def list(self) -> list[dict[str, Any]]:
+        out = []
+        for cid in self.sd.ids():
+            try:
+                out.append(self.state(cid))
+            except ContainerError:
+                continue
+        return out
+
+    def pids(self, cid: str) -> list[int]:
+        """Host pids in the container (its cgroup; without one, just the init)."""
+        st = self.sd.read(cid)
+        if self.sd.status(st) not in ("created", "running"):
+            return []
+        if st.get("cgroup"):
+            return cgroups.procs(Path(st["cgroup"]))
+        return [st["pid"]]
+
+    def kill(self, cid: str, sig: str = "TERM", all_: bool = False) -> None:
+        signum = parse_signal(sig)
+        st = self.sd.read(cid)
+        status = self.sd.status(st)
+        if status not in ("created", "running"):
+            if all_ and status == "stopped":
+                return  # as runc: nothing left to signal
+            raise ContainerError("container not running")
+        if all_ and st.get("cgroup"):
+            cgroups.kill_all(Path(st["cgroup"]), signum)
+        else:
+            try:
+                os.kill(st["pid"], signum)
+            except ProcessLookupError:
+                raise ContainerError("container not running") from None
+
+    def delete(self, cid: str, force: bool = False) -> None:
+        try:
+            st = self.sd.read(cid)
+        except ContainerError:
+            if force:
+                return
+            raise
+        status = self.sd.status(st)
+        if status != "stopped" and not force:
+            raise ContainerError(f"cannot delete container {cid} that is not stopped: {status}")
+        self._destroy(st)
+        state = hook_state(st, "stopped", None)
+        hooks.run_poststop(spec.hooks(st["config"], "poststop"), state, self.warn)
+
+    # -- run --------------------------------------------------------------------------------
+    def run(self, cid: str, bundle: str, pid_file: str | None = None,
+            detach: bool = False) -> int:
+        """create + start; in the foreground also wait, forward signals, and delete."""
+        st = self.create(cid, bundle, pid_file)
+        pid = st["pid"]
+        if detach:
+            self.start(cid)
+            return 0
+        old = {s: signal.getsignal(s) for s in FORWARDED_SIGNALS}
+
+        def forward(signum: int, _frame: Any) -> None:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+        try:
+            for s in FORWARDED_SIGNALS:
+                signal.signal(s, forward)
+            self.start(cid)
+            return self._wait_exit(pid)
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+            try:
+                self.delete(cid, force=True)
+            except ContainerError as e:
+                self.warn(str(e))
+
+    @staticmethod
+    def _wait_exit(pid: int) -> int:
+        _, status = os.waitpid(pid, 0)
+        if os.WIFSIGNALED(status):
+            return 128 + os.WTERMSIG(status)
+        return os.WEXITSTATUS(status)
