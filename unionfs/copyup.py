@@ -53,7 +53,7 @@ def _copy_range(src_fd: int, dst_fd: int, off: int, count: int) -> None:
         count -= n
 
 
-def copy_xattrs(src: str, dst: str) -> None:
+def copy_xattrs(src: str, dst: str, skip=is_private_xattr) -> None:
     """Copy user/security/trusted attributes, never the layer machinery's own."""
     try:
         names = os.listxattr(src, follow_symlinks=False)
@@ -62,7 +62,7 @@ def copy_xattrs(src: str, dst: str) -> None:
             return
         raise
     for name in names:
-        if is_private_xattr(name):
+        if skip(name):
             continue
         try:
             value = os.getxattr(src, name, follow_symlinks=False)
@@ -102,8 +102,9 @@ def set_owner_mode(path: str, st: os.stat_result) -> None:
     """Owner before mode: chown clears setuid/setgid (and file capabilities)."""
     try:
         os.lchown(path, st.st_uid, st.st_gid)
-    except PermissionError:
-        pass
+    except OSError as e:  # unprivileged: the caller records the owner instead
+        if e.errno not in (errno.EPERM, errno.EINVAL):
+            raise
     if not stat.S_ISLNK(st.st_mode):
         os.chmod(path, stat.S_IMODE(st.st_mode))
 
@@ -113,7 +114,8 @@ def set_times(path: str, st: os.stat_result) -> None:
 
 
 def stage_copy(src: str, st: os.stat_result, tmp: str, data: bool = True,
-               sync: bool = True, origin: tuple[int, int] | None = None) -> None:
+               sync: bool = True, origin: tuple[int, int] | None = None,
+               skip=is_private_xattr) -> None:
     """Make at `tmp` a copy of `src` (not its children): data, owner, mode, times, xattrs.
 
     `origin` is the object the copy stands for (default: `src` itself); it decides st_ino.
@@ -140,6 +142,6 @@ def stage_copy(src: str, st: os.stat_result, tmp: str, data: bool = True,
     else:
         os.mknod(tmp, mode, st.st_rdev)
     set_owner_mode(tmp, st)
-    copy_xattrs(src, tmp)
+    copy_xattrs(src, tmp, skip)
     set_origin(tmp, *(origin or (st.st_dev, st.st_ino)))
     set_times(tmp, st)

@@ -19,6 +19,7 @@ import trio
 
 from unionfs.operations import UnionOperations
 from unionfs.options import MountConfig
+from unionfs.ownership import IdMap
 from unionfs.union import Union
 
 log = logging.getLogger("pyunion")
@@ -52,7 +53,9 @@ async def _serve() -> None:
 def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
     """Mount and serve until unmounted or signalled; report readiness on ready_fd."""
     try:
-        union = Union(cfg.upper, cfg.lowers, cfg.workdir, fsync=cfg.fsync)
+        union = Union(cfg.upper, cfg.lowers, cfg.workdir, fsync=cfg.fsync, override=cfg.override,
+                      uidmap=IdMap.parse(cfg.uidmapping) if cfg.uidmapping else None,
+                      gidmap=IdMap.parse(cfg.gidmapping) if cfg.gidmapping else None)
         ops = UnionOperations(union, timeout=cfg.timeout)
         pyfuse3.init(ops, cfg.target, fuse_options(cfg))
     except Exception as e:  # noqa: BLE001 - one line to the waiting parent, whatever went wrong

@@ -65,11 +65,8 @@ class UnionOperations(pyfuse3.Operations):
         a.generation = 0
         a.entry_timeout = self.timeout
         a.attr_timeout = self.timeout
-        a.st_mode = st.st_mode
+        a.st_uid, a.st_gid, a.st_mode, a.st_rdev = self.u.present(node, st)
         a.st_nlink = self.u.nlink(node, st)
-        a.st_uid = st.st_uid
-        a.st_gid = st.st_gid
-        a.st_rdev = st.st_rdev
         a.st_size = st.st_size
         a.st_atime_ns = st.st_atime_ns
         a.st_mtime_ns = st.st_mtime_ns

@@ -22,9 +22,9 @@ MOUNT_NOISE = frozenset({"defaults", "auto", "noauto", "user", "users", "nouser"
                          "nofail", "nonempty", "default"})
 # fuse-overlayfs options we accept and do not act on.
 IGNORED = frozenset({
-    "static_nlink", "noacl", "threaded", "writeback", "noxattrs", "fast_ino", "xattr_permissions",
+    "static_nlink", "noacl", "threaded", "writeback", "noxattrs", "fast_ino",
     "plugins", "redirect_dir", "context", "xino", "ino32_t", "squash_to_root", "squash_to_uid",
-    "squash_to_gid", "uidmapping", "gidmapping", "kernel_cache", "splice_read", "splice_write",
+    "squash_to_gid", "kernel_cache", "splice_read", "splice_write",
     "splice_move", "max_write", "big_writes", "index", "metacopy", "userxattr", "clone_fd",
 })
 
@@ -44,6 +44,9 @@ class MountConfig:
     fsync: bool = True
     timeout: float = 300.0
     log: str | None = None
+    uidmapping: str | None = None
+    gidmapping: str | None = None
+    override: bool | None = None     # record owners in xattrs; None = when chown is out of reach
     fuse_options: set[str] = field(default_factory=set)
     warnings: list[str] = field(default_factory=list)
 
@@ -80,6 +83,15 @@ def _apply_option(cfg: MountConfig, item: str, seen: dict[str, str]) -> None:
             raise UsageError(f"option timeout={value!r} is not a number") from None
     elif key == "log":
         cfg.log = value
+    elif key in ("uidmapping", "gidmapping"):
+        from unionfs.ownership import IdMap
+        try:
+            IdMap.parse(value)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        setattr(cfg, key, value)
+    elif key == "xattr_permissions":
+        cfg.override = value not in ("0", "")
     elif key == "debug":
         cfg.debug = True
     elif key in FUSE_FLAGS and not eq:

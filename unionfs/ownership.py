@@ -84,3 +84,34 @@ def read_override(path: str, real_mode: int) -> Override | None:
 
 def write_override(path: str, o: Override) -> None:
     os.setxattr(path, OVERRIDE_XATTR, o.encode(), follow_symlinks=False)
+
+
+@dataclass(frozen=True)
+class IdMap:
+    """fuse-overlayfs's uidmapping=/gidmapping=: CONTAINER:HOST:COUNT[:CONTAINER:HOST:COUNT...].
+
+    Ids on disk are the container's; the kernel (and so the caller) sees the host's. Ids outside
+    every range pass through unchanged.
+    """
+
+    ranges: tuple[tuple[int, int, int], ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> IdMap:
+        nums = [p for p in text.split(":") if p != ""]  # podman writes a leading ':'
+        if len(nums) % 3 or not nums:
+            raise ValueError(f"id mapping {text!r} is not CONTAINER:HOST:COUNT[:...]")
+        vals = [int(x) for x in nums]
+        return cls(tuple((vals[i], vals[i + 1], vals[i + 2]) for i in range(0, len(vals), 3)))
+
+    def to_host(self, disk_id: int) -> int:
+        for cont, host, count in self.ranges:
+            if cont <= disk_id < cont + count:
+                return host + disk_id - cont
+        return disk_id
+
+    def to_disk(self, host_id: int) -> int:
+        for cont, host, count in self.ranges:
+            if host <= host_id < host + count:
+                return cont + host_id - host
+        return host_id

@@ -36,6 +36,13 @@ from unionfs.layers import (
     whited_out_name,
     whiteout_name,
 )
+from unionfs.ownership import (
+    OVERRIDE_XATTRS,
+    IdMap,
+    Override,
+    read_override,
+    write_override,
+)
 
 
 def _err(code: int, what: str = "") -> OSError:
@@ -54,8 +61,15 @@ class Resolved:
 
 class Union:
     def __init__(self, upper: str | None, lowers: list[str], workdir: str | None,
-                 fsync: bool = True):
+                 fsync: bool = True, override: bool | None = None,
+                 uidmap: IdMap | None = None, gidmap: IdMap | None = None):
         self.readonly = upper is None
+        # Where chown cannot work (not root, or a user namespace mapping few ids), owners and
+        # modes are recorded in the override_stat xattr and presented from it.
+        self.override = needs_override() if override is None else override
+        self.uidmap = uidmap or IdMap()
+        self.gidmap = gidmap or IdMap()
+        self._lower_overrides: dict[tuple[int, str], Override | None] = {}
         self.layers: list[str | None] = [upper] + list(lowers)
         self.workdir = workdir
         self.fsync = fsync
@@ -378,7 +392,9 @@ class Union:
         st = os.lstat(src)
         tmp = self._tmp_name()
         try:
-            copyup.stage_copy(src, st, tmp, data=data, sync=self.fsync)
+            copyup.stage_copy(src, st, tmp, data=data, sync=self.fsync, skip=self.private)
+            if self.override:
+                self._keep_ownership(src, st, tmp)
             os.rename(tmp, dst)
         except BaseException:
             _remove_quietly(tmp)
@@ -457,6 +473,16 @@ class Union:
             cur = Node(r.ino, cur, comp, True, r.layer, r.stack, gen=self.table.gen)
         return None
 
+    def _keep_ownership(self, src: str, st: os.stat_result, tmp: str) -> None:
+        """A copy the daemon could not chown keeps the source's owner and mode in the xattr."""
+        if stat.S_ISLNK(st.st_mode):
+            return
+        ov = read_override(src, st.st_mode) or Override(st.st_uid, st.st_gid, st.st_mode,
+                                                        st.st_rdev)
+        times = os.lstat(tmp)
+        self._set_owner(tmp, os.lstat(tmp), ov.uid, ov.gid, ov.mode, ov.rdev)
+        copyup.set_times(tmp, times)
+
     @staticmethod
     def _restore_times(path: str, st: os.stat_result) -> None:
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
@@ -490,11 +516,68 @@ class Union:
         except FileNotFoundError:
             return False
 
-    def _own(self, path: str, uid: int, gid: int, updir: str) -> None:
+    def _own(self, path: str, uid: int, gid: int, updir: str, mode: int | None = None) -> None:
+        """Give a new object the caller's ids (host ids, mapped to disk ids), or the setgid
+        directory's group; record them where chown cannot."""
+        duid, dgid = self.uidmap.to_disk(uid), self.gidmap.to_disk(gid)
         pst = os.lstat(updir)
         if pst.st_mode & stat.S_ISGID:
-            gid = pst.st_gid
-        os.lchown(path, uid, gid)
+            pov = read_override(updir, pst.st_mode) if self.override else None
+            dgid = pov.gid if pov else pst.st_gid
+        st = os.lstat(path)
+        self._set_owner(path, st, duid, dgid,
+                        st.st_mode if mode is None else stat.S_IFMT(st.st_mode) | mode, st.st_rdev)
+
+    def _set_owner(self, path: str, st: os.stat_result, uid: int, gid: int, mode: int,
+                   rdev: int = 0) -> None:
+        """Make `path` (disk) owned uid:gid with `mode`, or record that in the override xattr."""
+        try:
+            if (st.st_uid, st.st_gid) != (uid, gid):
+                os.lchown(path, uid, gid)
+            chowned = True
+        except OSError as e:
+            if not self.override or e.errno not in (errno.EPERM, errno.EINVAL):
+                raise
+            chowned = False
+        if stat.S_ISLNK(st.st_mode):
+            return  # no user.* xattr on a symlink: its owner is what the disk says
+        if not self.override:
+            if stat.S_IMODE(mode) != stat.S_IMODE(os.lstat(path).st_mode):
+                os.chmod(path, stat.S_IMODE(mode))
+            return
+        # The daemon must keep using the file whatever mode it pretends to have.
+        keep = 0o700 if stat.S_ISDIR(st.st_mode) else 0o600
+        os.chmod(path, stat.S_IMODE(mode) | keep)
+        real = os.lstat(path)
+        want = Override(uid, gid, mode, rdev)
+        if chowned and real.st_mode == mode and real.st_rdev == rdev:
+            try:
+                os.removexattr(path, OVERRIDE_XATTRS[0], follow_symlinks=False)
+            except OSError:
+                pass
+        else:
+            write_override(path, want)
+
+    def present(self, node: Node, st: os.stat_result) -> tuple[int, int, int, int]:
+        """(uid, gid, mode, rdev) as the caller sees them: override xattr, then id mapping."""
+        uid, gid, mode, rdev = st.st_uid, st.st_gid, st.st_mode, st.st_rdev
+        if self.override and not stat.S_ISLNK(mode):
+            ov = self._override_of(node, mode)
+            if ov is not None:
+                uid, gid, mode, rdev = ov.uid, ov.gid, ov.mode, ov.rdev
+        return self.uidmap.to_host(uid), self.gidmap.to_host(gid), mode, rdev
+
+    def _override_of(self, node: Node, mode: int) -> Override | None:
+        try:
+            real = self.node_real(node)
+        except OSError:
+            return None
+        if node.layer == UPPER:
+            return read_override(real, mode)
+        key = (node.layer, node.path())
+        if key not in self._lower_overrides:
+            self._lower_overrides[key] = read_override(real, mode)
+        return self._lower_overrides[key]
 
     def _new_entry(self, parent: Node, name: str) -> tuple[Node, os.stat_result]:
         node, st = self.lookup(parent, name, count=True)
@@ -508,9 +591,7 @@ class Union:
         pst = os.lstat(updir)
         fd = os.open(path, (flags | os.O_CREAT | os.O_EXCL) & ~os.O_NOFOLLOW, stat.S_IMODE(mode))
         try:
-            self._own(path, uid, gid, updir)
-            if stat.S_IMODE(mode) & (stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX):
-                os.chmod(path, stat.S_IMODE(mode))
+            self._own(path, uid, gid, updir, stat.S_IMODE(mode))
         except BaseException:
             os.close(fd)
             os.unlink(path)
@@ -535,11 +616,10 @@ class Union:
         try:
             if opaque:
                 _touch(f"{tmp}/{OPAQUE_MARKER}")
-            self._own(tmp, uid, gid, updir)
             m = stat.S_IMODE(mode)
             if os.lstat(updir).st_mode & stat.S_ISGID:
                 m |= stat.S_ISGID
-            os.chmod(tmp, m)
+            self._own(tmp, uid, gid, updir, m)
             if opaque:
                 st = os.lstat(tmp)
                 os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
@@ -571,10 +651,23 @@ class Union:
         self._check_new_name(parent, name)
         updir = self._upper_dir(parent)
         path = f"{updir}/{name}"
-        os.mknod(path, mode, rdev)
         try:
-            self._own(path, uid, gid, updir)
-            os.chmod(path, stat.S_IMODE(mode))
+            os.mknod(path, mode, rdev)
+        except PermissionError:
+            if not self.override or not (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)):
+                raise
+            # A device the user may not create: an empty file that says what it stands for.
+            _touch(path)
+            st = os.lstat(path)
+            write_override(path, Override(st.st_uid, st.st_gid, mode, rdev))
+        try:
+            st = os.lstat(path)
+            ov = read_override(path, st.st_mode) if self.override else None
+            duid, dgid = self.uidmap.to_disk(uid), self.gidmap.to_disk(gid)
+            pst = os.lstat(updir)
+            if pst.st_mode & stat.S_ISGID:
+                dgid = pst.st_gid
+            self._set_owner(path, st, duid, dgid, ov.mode if ov else mode, rdev)
         except BaseException:
             os.unlink(path)
             raise
@@ -655,10 +748,16 @@ class Union:
         self._check_writable()
         self.copy_up(node, data=size != 0)
         path = self.node_real(node)
-        if uid is not None or gid is not None:
-            os.lchown(path, -1 if uid is None else uid, -1 if gid is None else gid)
-        if mode is not None and not stat.S_ISLNK(os.lstat(path).st_mode):
-            os.chmod(path, stat.S_IMODE(mode))
+        if uid is not None or gid is not None or mode is not None:
+            st = os.lstat(path)
+            ov = read_override(path, st.st_mode) if self.override else None
+            cur_uid, cur_gid = (ov.uid, ov.gid) if ov else (st.st_uid, st.st_gid)
+            cur_mode, rdev = (ov.mode, ov.rdev) if ov else (st.st_mode, st.st_rdev)
+            new_uid = cur_uid if uid is None else self.uidmap.to_disk(uid)
+            new_gid = cur_gid if gid is None else self.gidmap.to_disk(gid)
+            new_mode = cur_mode if mode is None else \
+                stat.S_IFMT(cur_mode) | stat.S_IMODE(mode)
+            self._set_owner(path, st, new_uid, new_gid, new_mode, rdev)
         if size is not None:
             if fd is not None:
                 os.ftruncate(fd, size)
@@ -671,23 +770,26 @@ class Union:
                      follow_symlinks=False)
         return os.lstat(path)
 
+    def private(self, name: str) -> bool:
+        return is_private_xattr(name) or (self.override and name in OVERRIDE_XATTRS)
+
     def getxattr(self, node: Node, name: str) -> bytes:
-        if is_private_xattr(name):
+        if self.private(name):
             raise _err(errno.ENODATA)
         return os.getxattr(self.node_real(node), name, follow_symlinks=False)
 
     def listxattr(self, node: Node) -> list[str]:
         return [n for n in os.listxattr(self.node_real(node), follow_symlinks=False)
-                if not is_private_xattr(n)]
+                if not self.private(n)]
 
     def setxattr(self, node: Node, name: str, value: bytes) -> None:
-        if is_private_xattr(name):
+        if self.private(name):
             raise _err(errno.EPERM)
         self.copy_up(node)
         os.setxattr(self.node_real(node), name, value, follow_symlinks=False)
 
     def removexattr(self, node: Node, name: str) -> None:
-        if is_private_xattr(name):
+        if self.private(name):
             raise _err(errno.ENODATA)
         os.getxattr(self.node_real(node), name, follow_symlinks=False)  # ENODATA before copy-up
         self.copy_up(node)
@@ -799,7 +901,10 @@ class Union:
         path = dnode.path()
         src = self.real(dnode.stack[0], path)
         st = os.lstat(src)
-        copyup.stage_copy(src, st, tmp, sync=False, origin=self._origin_of(dnode, src, st))
+        copyup.stage_copy(src, st, tmp, sync=False, origin=self._origin_of(dnode, src, st),
+                          skip=self.private)
+        if self.override:
+            self._keep_ownership(src, st, tmp)
         os.chmod(tmp, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
         for e in self.list_dir(dnode):
             child, _ = self.lookup(dnode, e.name, count=False)
@@ -810,7 +915,9 @@ class Union:
                 csrc = self.node_real(child)
                 cst = os.lstat(csrc)
                 copyup.stage_copy(csrc, cst, ctmp, sync=self.fsync,
-                                  origin=self._origin_of(child, csrc, cst))
+                                  origin=self._origin_of(child, csrc, cst), skip=self.private)
+                if self.override:
+                    self._keep_ownership(csrc, cst, ctmp)
         os.chmod(tmp, stat.S_IMODE(st.st_mode))
         copyup.set_times(tmp, st)
 
@@ -904,6 +1011,19 @@ def renameat2(src: str, dst: str, flags: int) -> None:
 
 def _basename(path: str) -> str:
     return path.rsplit("/", 1)[-1]
+
+
+def needs_override() -> bool:
+    """Whether chown is out of reach: not root, or root of a user namespace that maps only
+    part of the id space."""
+    if os.geteuid() != 0:
+        return True
+    try:
+        with open("/proc/self/uid_map") as f:
+            rows = [line.split() for line in f if line.strip()]
+    except OSError:
+        return False
+    return rows != [["0", "0", "4294967295"]]
 
 
 def _join(a: str, b: str) -> str:

@@ -88,3 +88,20 @@ def test_merge_matches_per_name_resolution(spec):
     # each visible name once
     names = [e.name for e in merge_listing(layers)]
     assert len(names) == len(set(names))
+
+
+def test_override_format_round_trip_and_idmap():
+    import os
+    import stat
+
+    from unionfs.ownership import IdMap, Override, format_override, parse_override
+
+    dev = Override(0, 0, stat.S_IFCHR | 0o620, os.makedev(1, 3))
+    assert format_override(dev) == "0:0:0620:char-1-3"
+    assert parse_override(format_override(dev)) == dev
+    assert parse_override(b"1000:1000:0755:dir") == Override(1000, 1000, stat.S_IFDIR | 0o755)
+    assert parse_override("0:0:4755", stat.S_IFREG).mode == stat.S_IFREG | 0o4755
+    assert parse_override("garbage") is None
+    m = IdMap.parse(":0:100000:65536")
+    assert (m.to_host(0), m.to_host(1000), m.to_disk(101000), m.to_host(70000)) == \
+        (100000, 101000, 1000, 70000)
