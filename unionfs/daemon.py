@@ -67,7 +67,7 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
             print(f"pyunion: {msg}", file=sys.stderr)
         return 1
     if ready_fd is not None:
-        os.write(ready_fd, b"ok\n")
+        os.write(ready_fd, f"ok {os.getpid()}\n".encode())
         os.close(ready_fd)
     unmounted_cleanly = False
     profile_to = os.environ.get("PYUNION_PROFILE")  # a pstats file: where the daemon's time went

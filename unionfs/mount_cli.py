@@ -14,8 +14,6 @@ from pathlib import Path
 from unionfs import __version__
 from unionfs.options import MountConfig, UsageError, parse_compat_args, parse_mount_args
 
-READY_TIMEOUT = 60.0
-
 
 class MountError(Exception):
     pass
@@ -116,40 +114,58 @@ def pid_file(target: str) -> Path:
 
 
 def start_daemon(cfg: MountConfig) -> int:
-    """Start the daemon detached from the caller's stdio; return once the mount is ready."""
-    from unionfs.daemon import encode_config
+    """Start the daemon detached from the caller's stdio; return its pid once the mount is ready.
 
+    The daemon is this process forked twice (no second interpreter to start), so it is
+    reparented at once and never left as a zombie of a long-lived caller.
+    """
     r, w = os.pipe()
-    log = open(cfg.log, "ab") if cfg.log else subprocess.DEVNULL  # noqa: SIM115
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "unionfs.daemon", encode_config(cfg), str(w)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(w,),
-            start_new_session=True, close_fds=True,
-        )
-    finally:
-        os.close(w)
-        if cfg.log:
-            log.close()
+    child = os.fork()
+    if child == 0:  # intermediate: start a new session, fork the daemon, leave
+        code = 1
+        try:
+            os.close(r)
+            os.setsid()
+            if os.fork() == 0:
+                _become_daemon(cfg, w)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    os.waitpid(child, 0)
     msg = b""
-    deadline = time.monotonic() + READY_TIMEOUT
     with os.fdopen(r, "rb") as f:
-        while time.monotonic() < deadline:
-            chunk = f.readline()
-            msg += chunk
-            if not chunk or msg.endswith(b"\n"):
-                break
+        msg = f.readline()  # EOF without a line: the daemon died before it was ready
     text = msg.decode(errors="replace").strip()
-    if text == "ok":
+    if text.startswith("ok "):
+        pid = int(text.split()[1])
         pf = pid_file(cfg.target)
         pf.parent.mkdir(parents=True, exist_ok=True)
-        pf.write_text(json.dumps({"pid": proc.pid, "target": cfg.target}))
-        return proc.pid
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
-    raise MountError(text.removeprefix("error: ") or
-                     f"daemon exited with status {proc.returncode} before the mount was ready")
+        pf.write_text(json.dumps({"pid": pid, "target": cfg.target}))
+        return pid
+    raise MountError(text.removeprefix("error: ") or "daemon exited before the mount was ready")
+
+
+def _become_daemon(cfg: MountConfig, ready_fd: int) -> None:
+    code = 1
+    try:
+        null = os.open(os.devnull, os.O_RDWR)
+        out = os.open(cfg.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600) if cfg.log else null
+        os.dup2(null, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.closerange(3, ready_fd)
+        os.closerange(ready_fd + 1, 1 << 16)
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+        from unionfs.daemon import encode_config
+        from unionfs.daemon import main as daemon_main
+        code = daemon_main([encode_config(cfg), str(ready_fd)])
+    except BaseException:  # noqa: BLE001 - whatever happens, the process must end here
+        import traceback
+        traceback.print_exc()
+    finally:
+        os._exit(code)
 
 
 def _mount(cfg: MountConfig) -> int:
