@@ -101,10 +101,25 @@ def check(cfg: MountConfig) -> MountConfig:
     return cfg
 
 
+def _host_uid() -> int:
+    """Our uid as the initial user namespace knows it (root of a user namespace is not root)."""
+    uid = os.getuid()
+    try:
+        with open("/proc/self/uid_map") as f:
+            for line in f:
+                inside, outside, count = (int(x) for x in line.split())
+                if inside <= uid < inside + count:
+                    return outside + uid - inside
+    except (OSError, ValueError):
+        pass
+    return uid
+
+
 def _state_dir() -> Path:
-    if os.geteuid() == 0:
+    uid = _host_uid()
+    if uid == 0:
         return Path("/run/pyunion/mounts")
-    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/pyunion-{os.getuid()}"
+    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/pyunion-{uid}"
     return Path(base) / "pyunion" / "mounts"
 
 
@@ -140,8 +155,12 @@ def start_daemon(cfg: MountConfig) -> int:
     if text.startswith("ok "):
         pid = int(text.split()[1])
         pf = pid_file(cfg.target)
-        pf.parent.mkdir(parents=True, exist_ok=True)
-        pf.write_text(json.dumps({"pid": pid, "target": cfg.target}))
+        try:  # lets `pyunion umount` wait for this daemon; the mount works without it
+            pf.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            pf.write_text(json.dumps({"pid": pid, "target": cfg.target}))
+        except OSError as e:
+            print(f"pyunion: warning: cannot record the daemon's pid in {pf}: {e.strerror}",
+                  file=sys.stderr)
         return pid
     raise MountError(text.removeprefix("error: ") or "daemon exited before the mount was ready")
 
