@@ -1,0 +1,567 @@
+"""A snapshot store with containerd's snapshotter semantics, stacked as pyunion mounts.
+
+Layout under the root (like containerd's overlay snapshotter): `metadata.db` (see store.py) and
+`snapshots/<id>/fs` (the snapshot's own changes; an upper, in OCI whiteout form) plus
+`snapshots/<id>/work` for active snapshots (the union's workdir, on the same filesystem as the
+upper). A snapshot directory is built under a temporary `new-*` name and renamed to `<id>` inside
+the metadata transaction, so a crash leaves either nothing or an orphan directory that `cleanup`
+removes; removed snapshots are renamed to `rm-<id>` before their metadata commit for the same
+reason.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Self
+
+from snapshotter.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    SnapshotterError,
+)
+from snapshotter.store import MetaStore, Row, Tx, from_micros, now_micros
+
+MAX_LABEL_BYTES = 4096  # containerd pkg/labels/validate.go: key + value
+MOUNT_TYPE = "fuse3.pyunion"
+SUBPROCESS_TIMEOUT_S = 120
+
+
+class Kind(enum.Enum):
+    VIEW = "view"
+    ACTIVE = "active"
+    COMMITTED = "committed"
+
+
+@dataclass
+class Info:
+    kind: Kind
+    name: str
+    parent: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    created: datetime | None = None
+    updated: datetime | None = None
+
+
+@dataclass
+class Usage:
+    size: int
+    inodes: int
+
+
+@dataclass
+class Mount:
+    type: str
+    source: str
+    options: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"type": self.type, "source": self.source, "options": list(self.options)}
+
+
+def default_root() -> Path:
+    """/var/lib/pyunion for root, a per-user data directory otherwise."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/pyunion")
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(base) / "pyunion"
+
+
+# ---------------------------------------------------------------- filters (pure) ---------------
+
+@dataclass(frozen=True)
+class Selector:
+    """One `fieldpath[op value]` term of a containerd filter; op None tests presence."""
+    fieldpath: tuple[str, ...]
+    op: str | None = None
+    value: str = ""
+
+
+_OPS = ("==", "!=", "~=")
+_FIELD_STOP = set('.,=!~" \t')
+
+
+def _quoted(s: str, i: int) -> tuple[str, int]:
+    """Parse a double-quoted string starting at s[i] == '"'; return (text, index after)."""
+    j = i + 1
+    while j < len(s):
+        if s[j] == "\\":
+            j += 2
+            continue
+        if s[j] == '"':
+            try:
+                return json.loads(s[i:j + 1]), j + 1
+            except ValueError as e:
+                raise InvalidArgument(f"bad quoted string in filter {s!r}: {e}") from None
+        j += 1
+    raise InvalidArgument(f"unterminated quote in filter {s!r}")
+
+
+def parse_filter(s: str) -> list[Selector]:
+    """Parse one filter string: selectors joined by commas, all of which must match (AND)."""
+    sels: list[Selector] = []
+    i, n = 0, len(s)
+    while True:
+        while i < n and s[i].isspace():
+            i += 1
+        path: list[str] = []
+        while True:
+            if i < n and s[i] == '"':
+                part, i = _quoted(s, i)
+            else:
+                j = i
+                while j < n and s[j] not in _FIELD_STOP:
+                    j += 1
+                part, i = s[i:j], j
+            if not part:
+                raise InvalidArgument(f"filter {s!r}: expected a field name at offset {i}")
+            path.append(part)
+            if i < n and s[i] == ".":
+                i += 1
+                continue
+            break
+        while i < n and s[i].isspace():
+            i += 1
+        op, value = None, ""
+        if i < n and s[i] != ",":
+            op = s[i:i + 2]
+            if op not in _OPS:
+                raise InvalidArgument(f"filter {s!r}: expected ==, != or ~= at offset {i}")
+            i += 2
+            while i < n and s[i].isspace():
+                i += 1
+            if i < n and s[i] == '"':
+                value, i = _quoted(s, i)
+            else:
+                j = s.find(",", i)
+                j = n if j < 0 else j
+                value, i = s[i:j].strip(), j
+            if op == "~=":
+                try:
+                    re.compile(value)
+                except re.error as e:
+                    raise InvalidArgument(f"filter {s!r}: bad regular expression: {e}") from None
+        sels.append(Selector(tuple(path), op, value))
+        while i < n and s[i].isspace():
+            i += 1
+        if i >= n:
+            return sels
+        if s[i] != ",":
+            raise InvalidArgument(f"filter {s!r}: unexpected {s[i]!r} at offset {i}")
+        i += 1
+
+
+def _field(info: Info, path: tuple[str, ...]) -> tuple[str, bool]:
+    """containerd's snapshot filter adaptor: (value, present) of a field path."""
+    head, rest = path[0], path[1:]
+    if head == "kind" and not rest:
+        return info.kind.value, True
+    if head == "name" and not rest:
+        return info.name, bool(info.name)
+    if head == "parent" and not rest:
+        return info.parent, bool(info.parent)
+    if head == "labels" and rest:
+        key = ".".join(rest)
+        return info.labels.get(key, ""), key in info.labels
+    return "", False
+
+
+def selector_matches(sel: Selector, info: Info) -> bool:
+    value, present = _field(info, sel.fieldpath)
+    if sel.op is None:
+        return present
+    if sel.op == "==":
+        return present and value == sel.value
+    if sel.op == "!=":
+        return value != sel.value
+    return re.search(sel.value, value) is not None
+
+
+def filters_match(filters: list[list[Selector]], info: Info) -> bool:
+    """OR between filter strings, AND within one; no filters match everything."""
+    return not filters or any(all(selector_matches(s, info) for s in f) for f in filters)
+
+
+# ---------------------------------------------------------------- labels (pure) ----------------
+
+def validate_labels(labels: dict[str, str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in (labels or {}).items():
+        if not isinstance(k, str) or not isinstance(v, str) or not k:
+            raise InvalidArgument(f"invalid label {k!r}={v!r}")
+        size = len(k.encode()) + len(v.encode())
+        if size > MAX_LABEL_BYTES:
+            raise InvalidArgument(f"label {k!r}: key and value length ({size} bytes) greater than"
+                                  f" maximum size ({MAX_LABEL_BYTES} bytes)")
+        if v:
+            out[k] = v
+    return out
+
+
+def updated_labels(current: dict[str, str], given: dict[str, str],
+                   fieldpaths: tuple[str, ...]) -> dict[str, str]:
+    """containerd's Update: only labels are mutable; an empty value deletes the label."""
+    new = dict(current)
+    if not fieldpaths:
+        new = dict(given)
+    for path in fieldpaths:
+        if path.startswith("labels."):
+            k = path[len("labels."):]
+            new[k] = given.get(k, "")
+        elif path == "labels":
+            new = dict(given)
+        else:
+            raise InvalidArgument(f"cannot update {path!r} field on snapshot: only labels are"
+                                  " mutable")
+    return validate_labels(new)
+
+
+# ---------------------------------------------------------------- disk usage -------------------
+
+def disk_usage(path: Path) -> Usage:
+    """Blocks and distinct inodes under `path` (itself included), as continuity's DiskUsage."""
+    seen: set[tuple[int, int]] = set()
+    size = 0
+    stack = [str(path)]
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return Usage(0, 0)
+    seen.add((st.st_dev, st.st_ino))
+    size += st.st_blocks * 512
+    while stack:
+        d = stack.pop()
+        try:
+            it = os.scandir(d)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        with it:
+            for e in it:
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                ident = (st.st_dev, st.st_ino)
+                if ident not in seen:
+                    seen.add(ident)
+                    size += st.st_blocks * 512
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(e.path)
+    return Usage(size, len(seen))
+
+
+# ---------------------------------------------------------------- the store --------------------
+
+class Snapshotter:
+    """containerd's Snapshotter over one store root; safe to use from several processes."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).absolute()
+        if ":" in str(self.root) or "," in str(self.root):
+            raise InvalidArgument(f"store root {self.root} must not contain ':' or ','"
+                                  " (it would break lowerdir lists)")
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.snapshots_dir = self.root / "snapshots"
+        self.snapshots_dir.mkdir(exist_ok=True, mode=0o700)
+        self._db = MetaStore(self.root / "metadata.db")
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _dir(self, sid: int) -> Path:
+        return self.snapshots_dir / str(sid)
+
+    def _fs(self, sid: int) -> Path:
+        return self._dir(sid) / "fs"
+
+    @staticmethod
+    def _info(row: Row) -> Info:
+        return Info(Kind(row.kind), row.key, row.parent_key, dict(row.labels),
+                    from_micros(row.created), from_micros(row.updated))
+
+    @staticmethod
+    def _need(tx: Tx, key: str) -> Row:
+        row = tx.get(key)
+        if row is None:
+            raise NotFound(f"snapshot {key!r} does not exist")
+        return row
+
+    def _mounts(self, tx: Tx, row: Row) -> list[Mount]:
+        if row.kind == Kind.COMMITTED.value:
+            raise FailedPrecondition(f"snapshot {row.key!r} is committed: mount an active snapshot"
+                                     " or a view of it")
+        parents = [str(self._fs(p.id)) for p in tx.chain(row.id)[1:]]
+        active = row.kind == Kind.ACTIVE.value
+        if not parents:
+            return [Mount("bind", str(self._fs(row.id)), ["rw" if active else "ro", "rbind"])]
+        if not active and len(parents) == 1:
+            return [Mount("bind", parents[0], ["ro", "rbind"])]
+        opts = ["lowerdir=" + ":".join(parents)]
+        if active:
+            opts += [f"upperdir={self._fs(row.id)}", f"workdir={self._dir(row.id) / 'work'}"]
+        return [Mount(MOUNT_TYPE, "pyunion", opts)]
+
+    # -- API ------------------------------------------------------------------------------------
+
+    def stat(self, key: str) -> Info:
+        with self._db.read() as tx:
+            return self._info(self._need(tx, key))
+
+    def update(self, info: Info, *fieldpaths: str) -> Info:
+        with self._db.write() as tx:
+            row = self._need(tx, info.name)
+            labels = updated_labels(row.labels, dict(info.labels or {}), fieldpaths)
+            tx.set_labels(row.id, labels, now_micros())
+            return self._info(self._need(tx, info.name))
+
+    def usage(self, key: str) -> Usage:
+        with self._db.read() as tx:
+            row = self._need(tx, key)
+        if row.kind == Kind.COMMITTED.value and row.size is not None:
+            return Usage(row.size, row.inodes or 0)
+        return disk_usage(self._fs(row.id))
+
+    def mounts(self, key: str) -> list[Mount]:
+        with self._db.read() as tx:
+            return self._mounts(tx, self._need(tx, key))
+
+    def prepare(self, key: str, parent: str = "", labels: dict | None = None) -> list[Mount]:
+        return self._create(Kind.ACTIVE, key, parent, labels)
+
+    def view(self, key: str, parent: str = "", labels: dict | None = None) -> list[Mount]:
+        return self._create(Kind.VIEW, key, parent, labels)
+
+    def _create(self, kind: Kind, key: str, parent: str, labels: dict | None) -> list[Mount]:
+        if not key:
+            raise InvalidArgument("snapshot key must not be empty")
+        labels = validate_labels(labels)
+        with self._db.write() as tx:
+            if tx.get(key) is not None:
+                raise AlreadyExists(f"snapshot {key!r} already exists")
+            parent_id = None
+            if parent:
+                prow = tx.get(parent)
+                if prow is None:
+                    raise NotFound(f"parent snapshot {parent!r} does not exist")
+                if prow.kind != Kind.COMMITTED.value:
+                    raise InvalidArgument(f"parent {parent!r} is not a committed snapshot")
+                parent_id = prow.id
+            tmp = Path(tempfile.mkdtemp(prefix="new-", dir=self.snapshots_dir))
+            try:
+                (tmp / "fs").mkdir()
+                os.chmod(tmp / "fs", 0o755)
+                if kind is Kind.ACTIVE:
+                    (tmp / "work").mkdir()
+                    os.chmod(tmp / "work", 0o711)
+                sid = tx.insert(key, kind.value, parent_id, labels, now_micros())
+                final = self._dir(sid)
+                if final.exists() or final.is_symlink():
+                    # Left by a crash between rename and commit: its id was never committed.
+                    _rmtree(final)
+                os.rename(tmp, final)
+            except BaseException:
+                _rmtree(tmp)
+                raise
+            return self._mounts(tx, self._need(tx, key))
+
+    def commit(self, name: str, key: str, labels: dict | None = None) -> None:
+        if not name:
+            raise InvalidArgument("snapshot name must not be empty")
+        labels = validate_labels(labels)
+        with self._db.read() as tx:
+            row = self._check_committable(tx, name, key)
+        use = disk_usage(self._fs(row.id))  # outside the write lock: it may take a while
+        with self._db.write() as tx:
+            again = self._check_committable(tx, name, key)
+            if again.id != row.id:
+                raise FailedPrecondition(f"snapshot {key!r} changed during commit")
+            tx.commit_active(row.id, name, labels, now_micros(), use.size, use.inodes)
+
+    def _check_committable(self, tx: Tx, name: str, key: str) -> Row:
+        if tx.get(name) is not None:
+            raise AlreadyExists(f"snapshot {name!r} already exists")
+        row = self._need(tx, key)
+        if row.kind != Kind.ACTIVE.value:
+            raise FailedPrecondition(f"snapshot {key!r} is {row.kind}: only an active snapshot"
+                                     " can be committed")
+        return row
+
+    def remove(self, key: str) -> None:
+        with self._db.write() as tx:
+            row = self._need(tx, key)
+            if tx.has_children(row.id):
+                raise FailedPrecondition(f"cannot remove snapshot {key!r} with child")
+            tx.delete(row.id)
+            src, doomed = self._dir(row.id), self.snapshots_dir / f"rm-{row.id}"
+            if src.exists():
+                os.rename(src, doomed)
+        _rmtree(doomed)  # a failure here leaves rm-<id>, which cleanup removes
+
+    def walk(self, *filters: str) -> Iterator[Info]:
+        parsed = [parse_filter(f) for f in filters if f.strip()]
+        with self._db.read() as tx:
+            infos = [self._info(r) for r in tx.all()]
+        # Rows are read first, so the caller may call back into the store while iterating.
+        for info in infos:
+            if filters_match(parsed, info):
+                yield info
+
+    def cleanup(self) -> None:
+        """Remove every snapshot directory without metadata (crash leftovers, removed ones)."""
+        with self._db.write() as tx:
+            live = {str(i) for i in tx.ids()}
+            for entry in os.listdir(self.snapshots_dir):
+                if entry not in live:
+                    _rmtree(self.snapshots_dir / entry)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- extras for the image and run parts -----------------------------------------------------
+
+    def fs_path(self, key: str) -> Path:
+        """The `fs` directory of any snapshot (a committed one holds that layer's changeset)."""
+        with self._db.read() as tx:
+            return self._fs(self._need(tx, key).id)
+
+    def upper_path(self, key: str) -> Path:
+        """The `fs` dir of an ACTIVE snapshot: where a layer is applied / changes land."""
+        with self._db.read() as tx:
+            row = self._need(tx, key)
+        if row.kind != Kind.ACTIVE.value:
+            raise FailedPrecondition(f"snapshot {key!r} is {row.kind}, not active")
+        return self._fs(row.id)
+
+    def lower_paths(self, key: str) -> list[Path]:
+        """`fs` dirs of the snapshot's parent chain (itself excluded), top first."""
+        with self._db.read() as tx:
+            return [self._fs(r.id) for r in tx.chain(self._need(tx, key).id)[1:]]
+
+
+def _rmtree(path: Path) -> None:
+    """Remove a tree, also read-only directories a layer may contain; never raises."""
+    def onerror(func, p, _exc):
+        try:
+            os.chmod(os.path.dirname(p), 0o700)
+            if func in (os.rmdir, os.unlink, os.remove):
+                func(p)
+        except OSError:
+            pass
+    try:
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            path.unlink()
+        elif path.exists():
+            shutil.rmtree(path, onerror=onerror)
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------- mounting ---------------------
+
+def _unescape_mountinfo(s: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
+
+
+def mount_fstype(target: str | Path) -> str | None:
+    """Filesystem type of the topmost mount on `target`, None if nothing is mounted there."""
+    target = os.path.realpath(target)
+    found = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            parts = line.split()
+            sep = parts.index("-")
+            if _unescape_mountinfo(parts[4]) == target:
+                found = parts[sep + 1]
+    return found
+
+
+def _run(cmd: list[str]) -> None:
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S,
+                           check=False)
+    except subprocess.TimeoutExpired:
+        raise SnapshotterError(f"{cmd[0]} timed out: {' '.join(cmd)}") from None
+    if r.returncode != 0:
+        msg = (r.stderr.strip() or r.stdout.strip()).splitlines()
+        raise SnapshotterError(f"{' '.join(cmd)}: {msg[-1] if msg else f'exit {r.returncode}'}")
+
+
+def union_command(m: Mount, target: str | Path) -> list[str]:
+    """`python -m unionfs mount` arguments for a fuse3.pyunion Mount (pure)."""
+    opts: dict[str, str] = {}
+    extra: list[str] = []
+    for o in m.options:
+        k, eq, v = o.partition("=")
+        if eq and k in ("lowerdir", "upperdir", "workdir"):
+            opts[k] = v
+        else:
+            extra.append(o)
+    if not opts.get("lowerdir"):
+        raise InvalidArgument(f"{m.type} mount needs a lowerdir option")
+    cmd = [sys.executable, "-m", "unionfs", "mount"]
+    if opts.get("upperdir") and opts.get("workdir"):
+        extra.insert(0, f"workdir={opts['workdir']}")
+    if extra:
+        cmd += ["-o", ",".join(extra)]
+    return cmd + [f"{opts.get('upperdir', '')}:{opts['lowerdir']}", str(target)]
+
+
+def mount_snapshot(mounts: list[Mount], target: Path) -> None:
+    """Mount what `prepare`/`view`/`mounts` returned on `target`; returns once it is ready."""
+    if len(mounts) != 1:
+        raise InvalidArgument(f"expected exactly one mount, got {len(mounts)}")
+    m = mounts[0]
+    if not os.path.isdir(target):
+        raise NotFound(f"mount target {target} is not a directory")
+    if m.type == "bind":
+        _run(["mount", "--rbind" if "rbind" in m.options else "--bind", m.source, str(target)])
+        if "ro" in m.options:
+            try:
+                _run(["mount", "-o", "remount,bind,ro", str(target)])
+            except SnapshotterError:
+                unmount(target)
+                raise
+    elif m.type in (MOUNT_TYPE, "fuse.pyunion", "pyunion"):
+        _run(union_command(m, target))
+    else:
+        raise InvalidArgument(f"unsupported mount type {m.type!r}")
+
+
+def unmount(target: Path) -> None:
+    """Unmount a snapshot mount (pyunion or bind); falls back to a lazy unmount."""
+    target = Path(target)
+    fstype = mount_fstype(target)
+    if fstype is None:
+        return
+    err: SnapshotterError | None = None
+    try:
+        if fstype.startswith("fuse"):
+            _run([sys.executable, "-m", "unionfs", "umount", str(target)])
+        else:
+            _run(["umount", "-R", str(target)])
+    except SnapshotterError as e:
+        err = e
+    if mount_fstype(target) is not None:
+        lazy = ["fusermount3", "-uz"] if fstype.startswith("fuse") else ["umount", "-l"]
+        subprocess.run([*lazy, str(target)], capture_output=True, timeout=SUBPROCESS_TIMEOUT_S,
+                       check=False)
+        if mount_fstype(target) is not None:
+            raise err or SnapshotterError(f"could not unmount {target}")
