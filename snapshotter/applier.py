@@ -21,10 +21,21 @@ containerd's `pkg/archive/tar.go`:
 * Devices are created only as root outside a user namespace (skipped otherwise, as containerd).
 * Metadata per entry: lchown, xattrs, chmod after chown (chown clears setuid), times without
   following symlinks; directory times are set last.
+
+Rootless mode (an ordinary user; see docs/rootless.md): nothing is chowned. The user's own
+uid/gid stand for 0 (root) in the image, as in a rootless container's user namespace; where the
+entry's owner, mode or type differs from what the file on disk then implies (another owner, a
+setuid bit, a mode without u+rw, a device node), the intended values go into the
+`user.containers.override_stat` xattr (unionfs/ownership.py, the podman/fuse-overlayfs format).
+Devices become empty regular files carrying `char-M-m`/`block-M-m`. On disk a file keeps its
+permission bits plus u+rw (directories u+rwx) and never a setuid/setgid/sticky bit. user.* xattrs
+cannot be set on symlinks, so a symlink owned by another non-root id is stored as root's.
+Override xattrs inside a layer's own PAX headers are dropped: the tar header is the truth.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import posixpath
@@ -39,6 +50,7 @@ from typing import BinaryIO
 
 from snapshotter.digest import CHUNK, HashingReader
 from snapshotter.errors import ImageError
+from unionfs.ownership import OVERRIDE_XATTR, OVERRIDE_XATTRS, Override
 
 WH_PREFIX = ".wh."
 WH_META_PREFIX = ".wh..wh."
@@ -51,6 +63,59 @@ except ImportError:  # pragma: no cover - unionfs is part of this project
     _UNION_PRIVATE = ()
 REFUSED_XATTR_PREFIXES = tuple(sorted({"trusted.", "user.overlay.", "user.pyunion.",
                                        "user.fuseoverlayfs.", *_UNION_PRIVATE}))
+
+
+@dataclass(frozen=True)
+class RootlessIds:
+    """The store user's own ids, which stand for 0 (root) inside images, as a rootless
+    container's user namespace maps them (podman, `pyunion run`)."""
+    uid: int
+    gid: int
+
+    def implied(self, st_uid: int, st_gid: int) -> tuple[int, int]:
+        """The image owner a file owned by ST_UID:ST_GID on disk stands for, without xattr."""
+        return (0 if st_uid == self.uid else st_uid, 0 if st_gid == self.gid else st_gid)
+
+
+def rootless_ids(rootless: bool | None = None) -> RootlessIds | None:
+    """The ids of the current user when working rootless (default: euid != 0), else None."""
+    if rootless is None:
+        rootless = os.geteuid() != 0
+    return RootlessIds(os.geteuid(), os.getegid()) if rootless else None
+
+
+def disk_mode(mode: int) -> int:
+    """Permission bits a rootless store gives a file or directory of full mode MODE (pure): no
+    setuid/setgid/sticky, always u+rw (u+rwx for directories) so the user can read, copy up and
+    remove it; the real mode lives in the override xattr."""
+    perm = stat.S_IMODE(mode) & 0o777
+    return perm | (0o700 if stat.S_ISDIR(mode) else 0o600)
+
+
+def needs_override(want: Override, ids: RootlessIds, st: os.stat_result) -> bool:
+    """True when the file on disk (ST) does not by itself say what WANT says (pure)."""
+    uid, gid = ids.implied(st.st_uid, st.st_gid)
+    if (uid, gid) != (want.uid, want.gid) or st.st_mode != want.mode:
+        return True
+    return stat.S_ISCHR(want.mode) or stat.S_ISBLK(want.mode)
+
+
+def entry_override(m: tarfile.TarInfo) -> Override:
+    """The owner, full mode and device number tar entry M asks for (pure)."""
+    if m.isdir():
+        kind = stat.S_IFDIR
+    elif m.issym():
+        kind = stat.S_IFLNK
+    elif m.isfifo():
+        kind = stat.S_IFIFO
+    elif m.ischr():
+        kind = stat.S_IFCHR
+    elif m.isblk():
+        kind = stat.S_IFBLK
+    else:
+        kind = stat.S_IFREG
+    rdev = os.makedev(m.devmajor, m.devminor) if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0
+    return Override(m.uid, m.gid, kind | (m.mode & 0o7777), rdev)
 
 
 @dataclass
@@ -122,12 +187,16 @@ def resolve_in_root(root: str, parts: list[str]) -> str:
 
 
 class _Applier:
-    def __init__(self, root: Path, devices: bool | None):
+    def __init__(self, root: Path, devices: bool | None, rootless: bool | None = None):
         self.root = os.path.realpath(root)
         self.notes: list[str] = []
         self.dir_times: list[tuple[str, int, int]] = []
+        self.ids = rootless_ids(rootless)
         self.devices = (os.geteuid() == 0 and not in_user_namespace()) if devices is None \
             else devices
+        if self.ids is not None:
+            self.devices = False          # recorded in the override xattr instead
+        self.lost_symlink_owners = 0
 
     def note(self, msg: str) -> None:
         self.notes.append(msg)
@@ -220,7 +289,7 @@ class _Applier:
             raise ImageError(f"refused {name!r}: a 0/0 character device would forge an overlay "
                              "whiteout")
         self._check_xattrs(m)
-        if (m.ischr() or m.isblk()) and not whiteout and not self.devices:
+        if (m.ischr() or m.isblk()) and not whiteout and not self.devices and self.ids is None:
             self.note(f"skipped device {name!r}: not root or in a user namespace")
             return
         if m.type not in _KNOWN_TYPES:
@@ -235,7 +304,8 @@ class _Applier:
                 self.note(f"normalised whiteout {name!r} to an empty file")
             self.clear(path, name, False)
             self._write_file(path, None, m)
-            self._meta(path, m)
+            if self.ids is None:
+                self._meta(path, m)
             return
         if m.islnk():
             src = self.hardlink_source(name, m.linkname)
@@ -256,16 +326,24 @@ class _Applier:
         elif m.ischr() or m.isblk():
             if m.devmajor > 0xFFFFFFFF or m.devminor > 0xFFFFFFFF:
                 raise ImageError(f"entry {name!r}: device number out of range")
-            kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK
-            os.mknod(path, kind | 0o600, os.makedev(m.devmajor, m.devminor))
+            if self.ids is not None:
+                self._write_file(path, None, m)       # stand-in; the xattr holds the device
+            else:
+                kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK
+                os.mknod(path, kind | 0o600, os.makedev(m.devmajor, m.devminor))
         else:
             self._write_file(path, tf.extractfile(m), m)
-        self._meta(path, m)
+        if self.ids is not None:
+            self._meta_rootless(path, m)
+        else:
+            self._meta(path, m)
 
     def _check_xattrs(self, m: tarfile.TarInfo) -> None:
         for key in m.pax_headers:
             if key.startswith("SCHILY.xattr."):
                 xname = key[len("SCHILY.xattr."):]
+                if xname in OVERRIDE_XATTRS:
+                    continue            # dropped in _set_xattrs: the header is the truth
                 if refused_xattr(xname):
                     raise ImageError(f"refused xattr {xname!r} on {m.name!r}: trusted and union "
                                      "filesystem attributes could forge whiteouts or opaque dirs")
@@ -284,11 +362,14 @@ class _Applier:
                 out.write(chunk)
                 remaining -= len(chunk)
 
-    def _meta(self, path: str, m: tarfile.TarInfo) -> None:
-        os.chown(path, m.uid, m.gid, follow_symlinks=False)
+    def _set_xattrs(self, path: str, m: tarfile.TarInfo) -> None:
         for key, value in m.pax_headers.items():
             if key.startswith("SCHILY.xattr."):
                 xname = key[len("SCHILY.xattr."):]
+                if xname in OVERRIDE_XATTRS:
+                    self.note(f"dropped xattr {xname!r} on {m.name!r}: the tar header gives "
+                              "the owner and mode")
+                    continue
                 raw = value.encode("utf-8", "surrogateescape")
                 try:
                     os.setxattr(path, xname, raw, follow_symlinks=False)
@@ -297,8 +378,38 @@ class _Applier:
                         self.note(f"ignored xattr {xname!r} on {m.name!r}: {e.strerror}")
                     else:
                         raise
+
+    def _meta(self, path: str, m: tarfile.TarInfo) -> None:
+        os.chown(path, m.uid, m.gid, follow_symlinks=False)
+        self._set_xattrs(path, m)
         if not m.issym():
             os.chmod(path, m.mode & 0o7777)
+        self._times(path, m)
+
+    def _meta_rootless(self, path: str, m: tarfile.TarInfo) -> None:
+        """No chown: keep the file usable by the user and record what differs in the xattr."""
+        assert self.ids is not None
+        want = entry_override(m)
+        self._set_xattrs(path, m)
+        if m.issym():
+            if self.ids.implied(*_owner(path)) != (want.uid, want.gid):
+                self.lost_symlink_owners += 1
+        else:
+            os.chmod(path, disk_mode(want.mode))
+            if needs_override(want, self.ids, os.lstat(path)):
+                try:
+                    os.setxattr(path, OVERRIDE_XATTR, want.encode(), follow_symlinks=False)
+                except OSError as e:
+                    raise ImageError(f"cannot record the owner and mode of {m.name!r} in "
+                                     f"{OVERRIDE_XATTR}: {e.strerror} (the store needs a "
+                                     "filesystem with user xattrs)") from None
+            elif m.isdir():             # a directory entry repeated: drop the earlier record
+                for name in OVERRIDE_XATTRS:
+                    with contextlib.suppress(OSError):
+                        os.removexattr(path, name, follow_symlinks=False)
+        self._times(path, m)
+
+    def _times(self, path: str, m: tarfile.TarInfo) -> None:
         mtime_ns = _ns(m.pax_headers.get("mtime"), m.mtime)
         atime_ns = _ns(m.pax_headers.get("atime"), None) or mtime_ns
         if m.isdir():
@@ -309,6 +420,14 @@ class _Applier:
     def finish(self) -> None:
         for path, atime_ns, mtime_ns in reversed(self.dir_times):
             os.utime(path, ns=(atime_ns, mtime_ns), follow_symlinks=False)
+        if self.lost_symlink_owners:
+            self.note(f"{self.lost_symlink_owners} symlink(s) owned by another user are stored "
+                      "as root's: user xattrs cannot be set on symlinks")
+
+
+def _owner(path: str) -> tuple[int, int]:
+    st = os.lstat(path)
+    return st.st_uid, st.st_gid
 
 
 def _ns(pax: str | None, fallback: float | None) -> int:
@@ -338,15 +457,18 @@ def _rmtree(path: str) -> None:
 
 
 def apply_tar(stream: BinaryIO, dest: str | Path, *, devices: bool | None = None,
-              on_bytes=None) -> ApplyResult:
+              rootless: bool | None = None, on_bytes=None) -> ApplyResult:
     """Unpack the uncompressed tar STREAM into the directory DEST (normally empty).
+
+    ROOTLESS (default: euid != 0) records owners, special modes and devices in override xattrs
+    instead of chowning and creating them (see the module docstring).
 
     Returns the DiffID of the whole stream (read to its end) and the list of neutralised entries.
     Raises ImageError for a refused or malformed layer; DEST may then hold a partial tree, which
     the caller discards with the snapshot it belongs to.
     """
     hr = HashingReader(stream, on_bytes)
-    ap = _Applier(Path(dest), devices)
+    ap = _Applier(Path(dest), devices, rootless)
     count = 0
     current = ""
     try:

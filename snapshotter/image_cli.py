@@ -15,7 +15,7 @@ from pathlib import Path
 from snapshotter.errors import SnapshotterError
 from snapshotter.images import ImageRecord, ImageStore
 from snapshotter.progress import Progress, human
-from snapshotter.snapshots import default_root
+from snapshotter.store_paths import default_store_root
 
 PROG = "pyunion image"
 
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             _parser().print_help()
             return 0 if rest else 2
         args = _parser().parse_args(rest)
-        return run(args, Path(root) if root else default_root())
+        return run(args, Path(root) if root else default_store_root())
     except UsageError as e:
         print(f"{PROG}: usage error: {e}", file=sys.stderr)
         return 2

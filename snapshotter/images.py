@@ -4,6 +4,10 @@ committed snapshots named by ChainID (containerd's unpacker model).
 Image writers (import, rm, commit) hold ``ROOT/images.lock`` so two CLI processes never interleave;
 an import that fails removes the snapshots and blobs it created before the error leaves, so the
 store is exactly as it was.
+
+Run by an ordinary user (or with rootless=True) the store is rootless: layers are unpacked
+without chown or mknod, owners, special modes and devices recorded in override xattrs, and
+commits read them back (docs/rootless.md), so the images are the same as root's.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 from typing import Self
 
 from snapshotter import image_readers as ir
-from snapshotter.applier import apply_tar
+from snapshotter.applier import apply_tar, rootless_ids
 from snapshotter.content import ContentStore
 from snapshotter.digest import CHUNK, HashingWriter, chain_id, chain_ids, hex_of, sha256_bytes
 from snapshotter.errors import (
@@ -130,8 +134,10 @@ class _DB:
 
 
 class ImageStore:
-    def __init__(self, root: str | Path, progress: Progress | None = None):
+    def __init__(self, root: str | Path, progress: Progress | None = None, *,
+                 rootless: bool | None = None):
         self.root = Path(root).absolute()
+        self.ids = rootless_ids(rootless)   # None: root, owners are chowned for real
         self.snapshots = Snapshotter(self.root)
         self.content = ContentStore(self.root)
         self.db = _DB(self.root / "images.db")
@@ -327,7 +333,8 @@ class ImageStore:
             try:
                 with ir.open_uncompressed(self.content.path(desc["digest"]),
                                           compression) as stream:
-                    res = apply_tar(stream, upper, on_bytes=self.progress.add)
+                    res = apply_tar(stream, upper, rootless=self.ids is not None,
+                                    on_bytes=self.progress.add)
             except ImageError as e:
                 raise ImageError(f"layer {index} ({desc['digest'][:19]}): {e}") from None
             if res.diff_id != diff_id:
@@ -505,7 +512,8 @@ class ImageStore:
                 upper = self.snapshots.upper_path(key)
                 self.progress.start("committing", 1, 0)
                 with self.content.new_writer() as w:
-                    res = write_layer(upper, w, compression)  # type: ignore[arg-type]
+                    res = write_layer(upper, w, compression,  # type: ignore[arg-type]
+                                      ids=self.ids)
                     digest, size, new = w.commit()
                 if new:
                     created_blobs.append(digest)

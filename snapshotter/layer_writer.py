@@ -6,6 +6,13 @@ order (opaque marker, then whiteouts, then the rest by byte order), PAX format, 
 (as containerd >= 2 writes them), and gzip with mtime 0 and no file name. Kernel-overlay markers
 (a 0/0 character device, an `overlay.opaque` xattr) are converted to their OCI form, and the
 union filesystem's private xattrs are never written. Hardlinks inside the upper stay hardlinks.
+
+Ownership recorded in an override xattr (`user.containers.override_stat`, written by a rootless
+import or a rootless mount) is what goes into the tar: its owner, mode and type, so an empty
+stand-in file recorded as `char-M-m` becomes a real device entry; the xattr itself never does.
+With rootless IDS, a file without that xattr owned by the user's own uid/gid is written as 0
+(root), the owner it has inside a rootless container. A store committed rootless thus gives
+the same layer as the same tree committed by root.
 """
 
 from __future__ import annotations
@@ -21,12 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from snapshotter.applier import REFUSED_XATTR_PREFIXES
+from snapshotter.applier import REFUSED_XATTR_PREFIXES, RootlessIds
 from snapshotter.digest import HashingWriter
+from unionfs.ownership import Override, read_override
 
 WH_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque", "user.fuseoverlayfs.opaque")
+OVERRIDE_PREFIX = "user.containers.override_"      # podman/fuse-overlayfs bookkeeping
+SKIPPED_XATTR_PREFIXES = (*REFUSED_XATTR_PREFIXES, OVERRIDE_PREFIX)
 GZIP_LEVEL = 6
 COMPRESSIONS = ("gzip", "none")
 
@@ -143,7 +153,7 @@ def _xattrs(path: str) -> dict[str, str]:
     except OSError:
         return out
     for name in sorted(names):
-        if name.startswith(REFUSED_XATTR_PREFIXES):
+        if name.startswith(SKIPPED_XATTR_PREFIXES):
             continue
         try:
             value = os.getxattr(path, name, follow_symlinks=False)
@@ -153,11 +163,45 @@ def _xattrs(path: str) -> dict[str, str]:
     return out
 
 
+def recorded_kind(disk_mode: int, size: int, o: Override | None) -> int:
+    """The file type to archive (pure): the override's where it names a device, fifo or socket
+    stood in for by an empty regular file (a rootless store cannot create those), else the
+    type on disk."""
+    kind = stat.S_IFMT(disk_mode)
+    if o is None or kind != stat.S_IFREG or size != 0:
+        return kind
+    want = stat.S_IFMT(o.mode)
+    if want in (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK):
+        return want
+    return kind
+
+
+def recorded_owner(st: os.stat_result, o: Override | None, ids: RootlessIds | None
+                   ) -> tuple[int, int, int]:
+    """uid, gid and permission bits to archive (pure): the override's, else what the file on
+    disk stands for (rootless: the user's own ids are root's)."""
+    if o is not None:
+        return o.uid, o.gid, stat.S_IMODE(o.mode)
+    uid, gid = (st.st_uid, st.st_gid) if ids is None else ids.implied(st.st_uid, st.st_gid)
+    return uid, gid, stat.S_IMODE(st.st_mode)
+
+
+def _recorded_whiteout(path: str, st: os.stat_result) -> bool:
+    """An empty file whose override xattr says `char-0-0`: a kernel-overlay whiteout made
+    where mknod was not allowed."""
+    if not stat.S_ISREG(st.st_mode) or st.st_size != 0:
+        return False
+    o = read_override(path, st.st_mode)
+    return o is not None and stat.S_ISCHR(o.mode) and o.rdev == 0
+
+
 class _Writer:
-    def __init__(self, root: Path, tf: tarfile.TarFile, mtime_clamp: int | None):
+    def __init__(self, root: Path, tf: tarfile.TarFile, mtime_clamp: int | None,
+                 ids: RootlessIds | None = None):
         self.root = str(root)
         self.tf = tf
         self.clamp = mtime_clamp
+        self.ids = ids
         self.links: dict[tuple[int, int], str] = {}
         self.count = 0
 
@@ -169,10 +213,10 @@ class _Writer:
             self.tf.addfile(ti)
         self.count += 1
 
-    def info(self, rel: str, st: os.stat_result, path: str) -> tarfile.TarInfo:
+    def info(self, rel: str, st: os.stat_result, path: str, o: Override | None
+             ) -> tarfile.TarInfo:
         ti = tarfile.TarInfo(rel)
-        ti.mode = stat.S_IMODE(st.st_mode)
-        ti.uid, ti.gid = st.st_uid, st.st_gid
+        ti.uid, ti.gid, ti.mode = recorded_owner(st, o, self.ids)
         ti.uname = ti.gname = ""
         mtime = int(st.st_mtime)
         ti.mtime = min(mtime, self.clamp) if self.clamp is not None else mtime
@@ -195,6 +239,8 @@ class _Writer:
                 whiteouts.add(n)
             elif stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
                 whiteouts.add(WH_PREFIX + n)     # kernel overlay whiteout -> OCI form
+            elif _recorded_whiteout(p, st):
+                whiteouts.add(WH_PREFIX + n)     # the same, recorded by a rootless writer
             else:
                 others.append((n, st))
         prefix = rel + "/" if rel else ""
@@ -206,10 +252,11 @@ class _Writer:
             self.entry(os.path.join(path, n), prefix + n, st)
 
     def entry(self, path: str, rel: str, st: os.stat_result) -> None:
-        mode = st.st_mode
+        o = None if stat.S_ISLNK(st.st_mode) else read_override(path, st.st_mode)
+        mode = recorded_kind(st.st_mode, st.st_size, o)
         if stat.S_ISSOCK(mode):
             return                      # sockets cannot be archived (as containerd)
-        ti = self.info(rel, st, path)
+        ti = self.info(rel, st, path, o)
         if stat.S_ISDIR(mode):
             ti.type = tarfile.DIRTYPE
             self.add(ti)
@@ -237,15 +284,18 @@ class _Writer:
             self.add(ti)
         elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
             ti.type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
-            ti.devmajor, ti.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+            rdev = st.st_rdev if o is None or not o.rdev else o.rdev
+            ti.devmajor, ti.devminor = os.major(rdev), os.minor(rdev)
             self.add(ti)
 
 
 def write_layer(upper: str | Path, out: BinaryIO, compression: str = "gzip",
-                mtime_clamp: int | None = None) -> LayerResult:
+                mtime_clamp: int | None = None, *, ids: RootlessIds | None = None
+                ) -> LayerResult:
     """Write the changeset in UPPER to OUT as a (gzip-compressed) layer tar.
 
-    MTIME_CLAMP (e.g. SOURCE_DATE_EPOCH) caps every mtime for reproducible builds.
+    MTIME_CLAMP (e.g. SOURCE_DATE_EPOCH) caps every mtime for reproducible builds. IDS (from
+    `applier.rootless_ids()`) says the upper belongs to a rootless store of that user.
     """
     if compression not in COMPRESSIONS:
         raise ValueError(f"unsupported compression {compression!r}")
@@ -260,7 +310,7 @@ def write_layer(upper: str | Path, out: BinaryIO, compression: str = "gzip",
         with tarfile.open(fileobj=inner, mode="w|",  # type: ignore[arg-type]
                           format=tarfile.PAX_FORMAT, bufsize=1 << 20) as tf:
             tf.copybufsize = 1 << 20
-            w = _Writer(Path(upper), tf, mtime_clamp)
+            w = _Writer(Path(upper), tf, mtime_clamp, ids)
             w.walk_dir(str(upper), "")
     except BaseException:
         if gz is not None:

@@ -180,10 +180,13 @@ class Union:
             return Found(True, is_dir=True, opaque=self._lower_dir(layer, path).opaque), st
         return Found(True), st
 
-    def _resolve_child(self, parent: Node, name: str) -> Resolved | None:
-        """Resolve `name` in a (refreshed) directory node; None if it is not visible."""
+    def _resolve_child(self, parent: Node, name: str,
+                       answers: list[tuple[int, Found]] | None = None) -> Resolved | None:
+        """Resolve `name` in a (refreshed) directory node; None if it is not visible.
+        `answers` collects each layer's answer, top first, for callers that need them."""
         ppath = parent.path()
-        answers: list[tuple[int, Found]] = []
+        if answers is None:
+            answers = []
         top_st: os.stat_result | None = None
 
         def gen() -> Iterator[tuple[int, Found]]:
@@ -493,15 +496,24 @@ class Union:
 
     # ---- creating names ----------------------------------------------------------
 
-    def _check_new_name(self, parent: Node, name: str) -> None:
+    def _check_new_name(self, parent: Node, name: str) -> bool:
+        """Refuse names that exist or may not be made; True when a whiteout in the upper hides
+        the name (it goes once the new object is in place)."""
         self._check_writable()
         if is_meta_name(name):
             raise _err(errno.EPERM)
         if len(name.encode(errors="surrogateescape")) > NAME_MAX:
             raise _err(errno.ENAMETOOLONG)
         self.refresh(parent)
-        if self._resolve_child(parent, name) is not None:
+        answers: list[tuple[int, Found]] = []
+        if self._resolve_child(parent, name, answers) is not None:
             raise _err(errno.EEXIST)
+        return bool(answers) and answers[0][0] == UPPER and answers[0][1].whiteout
+
+    def _made(self, parent: Node, name: str, st: os.stat_result) -> tuple[Node, os.stat_result]:
+        """The node for an object just made in the upper (no need to ask the layers again)."""
+        r = Resolved(UPPER, [UPPER], st, self.numbers.number(st.st_dev, st.st_ino))
+        return self._node_for(parent, name, r, True), st
 
     def _lower_shows(self, parent: Node, name: str) -> bool:
         """Whether any lower layer under the parent's merge stack would show `name`."""
@@ -585,25 +597,33 @@ class Union:
 
     def create(self, parent: Node, name: str, mode: int, flags: int, uid: int, gid: int
                ) -> tuple[Node, os.stat_result, int]:
-        self._check_new_name(parent, name)
+        hidden = self._check_new_name(parent, name)
         updir = self._upper_dir(parent)
         path = f"{updir}/{name}"
-        pst = os.lstat(updir)
+        if hidden:
+            self._clear_kernel_whiteout(path)
         fd = os.open(path, (flags | os.O_CREAT | os.O_EXCL) & ~os.O_NOFOLLOW, stat.S_IMODE(mode))
         try:
             self._own(path, uid, gid, updir, stat.S_IMODE(mode))
+            st = os.fstat(fd)
         except BaseException:
             os.close(fd)
             os.unlink(path)
             raise
-        if self._clear_whiteout(updir, name):
-            self._keep_mtime_if(updir, pst, False)
-        node, st = self._new_entry(parent, name)
+        if hidden:
+            self._clear_whiteout(updir, name)
+        node, st = self._made(parent, name, st)
         return node, st, fd
 
-    def _keep_mtime_if(self, updir: str, pst: os.stat_result, keep: bool) -> None:
-        if keep:
-            self._restore_times(updir, pst)
+    @staticmethod
+    def _clear_kernel_whiteout(path: str) -> None:
+        """An upper taken over from kernel overlayfs may hide a name with a 0/0 device."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if is_kernel_whiteout(st.st_mode, st.st_rdev):
+            os.unlink(path)
 
     def mkdir(self, parent: Node, name: str, mode: int, uid: int, gid: int
               ) -> tuple[Node, os.stat_result]:
@@ -726,7 +746,6 @@ class Union:
         if r.layer != UPPER and not wh:
             return
         updir = self._upper_dir(parent)
-        pst = os.lstat(updir)
         if wh:
             self._make_whiteout(updir, name)
         if r.layer == UPPER:
@@ -737,7 +756,6 @@ class Union:
                 shutil.rmtree(tmp)
             else:
                 os.unlink(path)
-        del pst
 
     # ---- metadata ---------------------------------------------------------------
 
