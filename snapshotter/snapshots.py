@@ -73,11 +73,9 @@ class Mount:
 
 
 def default_root() -> Path:
-    """/var/lib/pyunion for root, a per-user data directory otherwise."""
-    if os.geteuid() == 0:
-        return Path("/var/lib/pyunion")
-    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    return Path(base) / "pyunion"
+    """/var/lib/pyunion for root, a per-user data directory otherwise (store_paths decides)."""
+    from snapshotter.store_paths import default_store_root
+    return default_store_root()
 
 
 # ---------------------------------------------------------------- filters (pure) ---------------
