@@ -16,6 +16,7 @@ from unionfs.inodes import ROOT, Node
 from unionfs.union import Union
 
 log = logging.getLogger("pyunion")
+LISTING_CACHE_ENTRIES = 500_000   # bound on names held by the listing cache
 
 
 def _translate(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -51,6 +52,8 @@ class UnionOperations(pyfuse3.Operations):
         super().__init__()
         self.u = union
         self.timeout = timeout
+        self._listing_cache: dict[int, tuple[int, list, list]] = {}
+        self._cached_entries = 0
 
     # -- helpers
     def _node(self, ino: int) -> Node:
@@ -168,6 +171,7 @@ class UnionOperations(pyfuse3.Operations):
 
     @_translate
     async def write(self, fh, off, buf):
+        self.u.mutations += 1  # sizes and times change: cached listings age
         return os.pwrite(self.u.handles[fh].fd, buf, off)
 
     async def flush(self, fh):
@@ -186,39 +190,70 @@ class UnionOperations(pyfuse3.Operations):
     @_translate
     async def opendir(self, inode, ctx):
         node = self._node(inode)
-        entries = self.u.list_dir(node)
-        return self.dirs.open(node, entries, self.u.mutations)
+        m = self.u.mutations
+        cached = self._listing_cache.get(node.ino)
+        if cached is not None and cached[0] == m:
+            names, replies = cached[1], cached[2]
+        else:
+            names, replies = [e for e in self.u.list_dir(node)], []
+        return self.dirs.open(node, names, replies, m)
 
     @_translate
     async def readdir(self, fh, start_id, token):
         d = self.dirs.get(fh)
         node = d.node
+        fresh = d.mutations == self.u.mutations  # nothing changed since opendir
         total = len(d.entries) + 2
         i = start_id
         while i < total:
-            if i == 0:
-                name, target = ".", node
-            elif i == 1:
-                name, target = "..", node.parent or node
-            else:
-                entry = d.entries[i - 2]
-                name = entry.name
-                target = None
-            try:
-                if target is None and d.mutations == self.u.mutations:
-                    child, st = self.u.lookup_entry(node, entry)
-                elif target is None:  # something changed since opendir: ask every layer
-                    child, st = self.u.lookup(node, name, count=False)
-                else:
-                    child, st = target, self.u.stat(target)
-            except OSError:
+            if i < 2:
+                target = node if i == 0 else (node.parent or node)
+                try:
+                    attrs = self._attrs(target, self.u.stat(target))
+                except OSError:
+                    i += 1
+                    continue
+                if not pyfuse3.readdir_reply(token, b"." if i == 0 else b"..", attrs, i + 1):
+                    break
                 i += 1
-                continue  # vanished since opendir
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attrs(child, st), i + 1):
-                break
-            if target is None:
+                continue
+            k = i - 2
+            if fresh and k < len(d.replies):
+                reply = d.replies[k]
+            else:
+                reply = self._entry_reply(node, d.entries[k], fresh)
+                if fresh and k == len(d.replies):
+                    d.replies.append(reply)
+            if reply is not None:
+                name_b, child, attrs = reply
+                if not pyfuse3.readdir_reply(token, name_b, attrs, i + 1):
+                    break
                 self.u.ref(child)  # readdirplus entries count as lookups
             i += 1
+        if fresh and len(d.replies) == len(d.entries) and d.mutations == self.u.mutations:
+            self._remember_listing(node.ino, d)
+
+    def _entry_reply(self, node: Node, entry, fresh: bool):
+        """(name, node, attributes) for one listed name, or None if it is gone."""
+        try:
+            if fresh:
+                child, st = self.u.lookup_entry(node, entry)
+            else:  # something changed since opendir: ask every layer
+                child, st = self.u.lookup(node, entry.name, count=False)
+        except OSError:
+            return None
+        return os.fsencode(entry.name), child, self._attrs(child, st)
+
+    def _remember_listing(self, ino: int, d) -> None:
+        """Keep a complete listing with its replies until anything changes (the mutation
+        count): a warm walk then costs no layer I/O and no attribute building."""
+        cache = self._listing_cache
+        if ino not in cache:
+            self._cached_entries += len(d.entries)
+            if self._cached_entries > LISTING_CACHE_ENTRIES:
+                cache.clear()
+                self._cached_entries = len(d.entries)
+        cache[ino] = (d.mutations, d.entries, d.replies)
 
     async def releasedir(self, fh):
         node = self.dirs.close(fh)
@@ -269,21 +304,22 @@ class DirHandles:
     """Open directory streams: a listing taken at opendir, so offsets stay stable."""
 
     class Stream:
-        __slots__ = ("entries", "mutations", "node")
+        __slots__ = ("entries", "mutations", "node", "replies")
 
-        def __init__(self, node, entries, mutations):
+        def __init__(self, node, entries, replies, mutations):
             self.node = node
             self.entries = entries
+            self.replies = replies
             self.mutations = mutations
 
     def __init__(self) -> None:
         self._next = 1
         self._open: dict[int, DirHandles.Stream] = {}
 
-    def open(self, node: Node, entries, mutations: int) -> int:
+    def open(self, node: Node, entries, replies, mutations: int) -> int:
         fh = self._next
         self._next += 1
-        self._open[fh] = self.Stream(node, entries, mutations)
+        self._open[fh] = self.Stream(node, entries, replies, mutations)
         node.open_count += 1
         return fh
 

@@ -281,10 +281,11 @@ class Union:
         return self._ref(node, count)
 
     def ref(self, node: Node) -> None:
-        """Count one kernel reference (e.g. a readdirplus entry) on a node."""
-        if self.table.get(node.ino) is not node:
-            self.table.add(node)
-        node.lookups += 1
+        """Count one kernel reference (e.g. a readdirplus entry) on the table's node for it."""
+        cur = self.table.get(node.ino)
+        if cur is None:
+            cur = self.table.add(node)
+        cur.lookups += 1
 
     def stat(self, node: Node) -> os.stat_result:
         try:
@@ -887,8 +888,9 @@ class Union:
         nupdir = self._upper_dir(np)
         oupdir = self._upper_dir(op)
         tmp = self._tmp_name()
+        lower_links: dict[tuple[int, int], tuple[str, int, os.stat_result]] = {}
         try:
-            self._copy_tree(snode, tmp)
+            self._copy_tree(snode, tmp, lower_links)
             _touch(f"{tmp}/{OPAQUE_MARKER}")
             if dst is not None and dst.layer == UPPER:
                 old = self._tmp_name()
@@ -908,6 +910,10 @@ class Union:
         snode.parent, snode.name = np, nname
         snode.layer, snode.stack = UPPER, [UPPER]
         self.table.invalidate()
+        # Lower hardlinks that reach outside the moved tree stay one file with the copy.
+        final = f"{nupdir}/{nname}"
+        for ctmp, layer, cst in lower_links.values():
+            self._link_peers(layer, "", cst, final + ctmp[len(tmp):])
 
     def _origin_of(self, node: Node, path: str, st: os.stat_result) -> tuple[int, int]:
         """What an object stands for: an upper copy keeps pointing at its lower original."""
@@ -915,7 +921,11 @@ class Union:
             return copyup.get_origin(path) or (st.st_dev, st.st_ino)
         return st.st_dev, st.st_ino
 
-    def _copy_tree(self, dnode: Node, tmp: str) -> None:
+    def _copy_tree(self, dnode: Node, tmp: str,
+                   lower_links: dict[tuple[int, int], tuple[str, int, os.stat_result]]) -> None:
+        """Stage the merged tree of `dnode` at `tmp`: upper objects are linked (so their own
+        hardlinks hold), lower ones copied, once per lower hardlink group (noted in
+        `lower_links` for the names outside the tree)."""
         path = dnode.path()
         src = self.real(dnode.stack[0], path)
         st = os.lstat(src)
@@ -928,14 +938,22 @@ class Union:
             child, _ = self.lookup(dnode, e.name, count=False)
             ctmp = f"{tmp}/{e.name}"
             if child.is_dir:
-                self._copy_tree(child, ctmp)
+                self._copy_tree(child, ctmp, lower_links)
+                continue
+            csrc = self.node_real(child)
+            cst = os.lstat(csrc)
+            key = (cst.st_dev, cst.st_ino)
+            if child.layer == UPPER:
+                os.link(csrc, ctmp, follow_symlinks=False)
+            elif cst.st_nlink > 1 and key in lower_links:
+                os.link(lower_links[key][0], ctmp, follow_symlinks=False)
             else:
-                csrc = self.node_real(child)
-                cst = os.lstat(csrc)
                 copyup.stage_copy(csrc, cst, ctmp, sync=self.fsync,
                                   origin=self._origin_of(child, csrc, cst), skip=self.private)
                 if self.override:
                     self._keep_ownership(csrc, cst, ctmp)
+                if cst.st_nlink > 1:
+                    lower_links[key] = (ctmp, child.layer, cst)
         os.chmod(tmp, stat.S_IMODE(st.st_mode))
         copyup.set_times(tmp, st)
 
