@@ -22,7 +22,7 @@ containerd's `pkg/archive/tar.go`:
 * Metadata per entry: lchown, xattrs, chmod after chown (chown clears setuid), times without
   following symlinks; directory times are set last.
 
-Rootless mode (an ordinary user; see docs/rootless.md): nothing is chowned. The user's own
+Rootless mode (an ordinary user; see README, Rootless): nothing is chowned. The user's own
 uid/gid stand for 0 (root) in the image, as in a rootless container's user namespace; where the
 entry's owner, mode or type differs from what the file on disk then implies (another owner, a
 setuid bit, a mode without u+rw, a device node), the intended values go into the

@@ -7,7 +7,7 @@ store is exactly as it was.
 
 Run by an ordinary user (or with rootless=True) the store is rootless: layers are unpacked
 without chown or mknod, owners, special modes and devices recorded in override xattrs, and
-commits read them back (docs/rootless.md), so the images are the same as root's.
+commits read them back (README, Rootless), so the images are the same as root's.
 """
 
 from __future__ import annotations

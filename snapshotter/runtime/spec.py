@@ -68,7 +68,7 @@ PROPAGATION = {
 }
 HOOK_NAMES = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart",
               "poststop")
-_SUPPORTED_RESOURCES = {"devices"}  # accepted, see docs/runtime.md: not enforced by a cgroup
+_SUPPORTED_RESOURCES = {"devices"}  # accepted, see README (runtime): not enforced by a cgroup
 _REFUSED_LINUX = ("seccomp", "intelRdt", "personality", "timeOffsets", "mountLabel")
 _REFUSED_PROCESS = ("apparmorProfile", "selinuxLabel", "ioPriority", "scheduler", "execCPUAffinity")
 
