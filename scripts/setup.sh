@@ -2,7 +2,7 @@
 # Idempotent set-up for a fresh Debian 12 machine as root: system packages, then .venv with pyunion.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PKGS="fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev attr fuse-overlayfs unionfs-fuse runc busybox-static umoci skopeo uidmap util-linux iproute2 procps zstd"
+PKGS="python3 fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev attr fuse-overlayfs unionfs-fuse runc busybox-static umoci skopeo uidmap util-linux iproute2 procps zstd"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
