@@ -8,6 +8,7 @@ import copy
 from typing import Any
 
 from snapshotter.errors import InvalidArgument, NotFound
+from snapshotter.runtime import rootless as rl
 from snapshotter.runtime import spec
 
 ANNOTATION = "org.opencontainers.image."
@@ -85,10 +86,12 @@ def _set_env(env: list[str], item: str) -> list[str]:
 def convert(image: dict[str, Any], *, args: list[str] | None = None,
             env: list[str] | None = None, cwd: str | None = None, user: str | None = None,
             hostname: str = "pyunion", passwd: str | None = None, group: str | None = None,
-            annotations: dict[str, str] | None = None) -> dict[str, Any]:
+            annotations: dict[str, str] | None = None,
+            rootless: tuple[list[dict], list[dict]] | None = None) -> dict[str, Any]:
     """A config.json (root.path "rootfs") for an image config, with `pyunion run` overrides:
     args replace Cmd (Entrypoint stays), env entries replace same-named ones, cwd and user
-    replace WorkingDir and User."""
+    replace WorkingDir and User. ROOTLESS = (uidMappings, gidMappings): a user namespace with
+    them, as `runc spec --rootless` makes it."""
     cfg = image.get("config") or {}
     entrypoint = list(cfg.get("Entrypoint") or [])
     command = entrypoint + (list(args) if args else list(cfg.get("Cmd") or []))
@@ -129,5 +132,13 @@ def convert(image: dict[str, Any], *, args: list[str] | None = None,
     config["hostname"] = hostname
     if notes:
         config["annotations"] = notes
+    if rootless is not None:
+        rl.make_rootless(config, *rootless)
+        for what, maps, wanted in (("user", rootless[0], process_user["uid"]),
+                                   ("group", rootless[1], process_user["gid"])):
+            if not rl.maps_id(maps, wanted):
+                raise InvalidArgument(f"{what} id {wanted} is not mapped in the rootless user "
+                                      "namespace (no subordinate ids: see /etc/sub"
+                                      f"{what[0]}id)")
     spec.validate(config)
     return config

@@ -23,6 +23,7 @@ from typing import Any
 
 from snapshotter import conversion
 from snapshotter.errors import SnapshotterError
+from snapshotter.runtime import rootless
 from snapshotter.runtime import syscalls as sc
 from snapshotter.runtime.errors import ContainerError
 from snapshotter.runtime.lifecycle import Runtime
@@ -45,7 +46,8 @@ def _parser() -> _Parser:
     p.add_argument("-w", "--workdir")
     p.add_argument("-u", "--user")
     p.add_argument("--hostname")
-    p.add_argument("--root", help="store root (default /var/lib/pyunion)")
+    p.add_argument("--root", help="store root (default /var/lib/pyunion; for a user "
+                   "~/.local/share/pyunion)")
     p.add_argument("image")
     p.add_argument("cmd", nargs=argparse.REMAINDER)
     return p
@@ -76,6 +78,17 @@ def _expand_env(items: list[str]) -> list[str]:
     return out
 
 
+def _rootless_mount(m: Any, idmaps: tuple[list[dict], list[dict]]) -> Any:
+    """The snapshot's union mount with the container's id maps (see rootless.mount_idmap):
+    files show their container owners as the host ids the user namespace maps them to."""
+    if "pyunion" not in m.type:
+        return m
+    opts = [o for o in m.options if not o.startswith(("uidmapping=", "gidmapping="))]
+    opts += [f"uidmapping={rootless.mount_idmap(idmaps[0], os.geteuid())}",
+             f"gidmapping={rootless.mount_idmap(idmaps[1], os.getegid())}"]
+    return type(m)(m.type, m.source, opts)
+
+
 def _terminate(signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -100,6 +113,9 @@ def run(a: argparse.Namespace) -> int:
             shutil.rmtree(bundle, ignore_errors=True)
             raise
         rootfs = bundle / "rootfs"
+        idmaps = rootless.id_mappings() if rootless.is_rootless() else None
+        if idmaps is not None:
+            mounts = [_rootless_mount(m, idmaps) for m in mounts]
         committed = None
         ran = False  # a snapshot whose container never ran holds nothing worth keeping
         try:
@@ -111,7 +127,14 @@ def run(a: argparse.Namespace) -> int:
                     user=a.user, hostname=a.hostname or cid[:12],
                     passwd=read_in_root(rootfs, "/etc/passwd"),
                     group=read_in_root(rootfs, "/etc/group"),
-                    annotations=(rec.manifest or {}).get("annotations"))
+                    annotations=(rec.manifest or {}).get("annotations"), rootless=idmaps)
+                if idmaps is not None and config["process"]["user"]["uid"] != 0:
+                    # The union mount is this user's FUSE mount: the kernel lets only the
+                    # user's own uid (root in the container) through it, not subordinate ids.
+                    raise ContainerError(
+                        f"user {config['process']['user']['uid']}: a rootless container runs "
+                        "as root (uid 0) only, since its union mount is reachable by your "
+                        "own uid alone")
                 (bundle / "config.json").write_text(json.dumps(config, indent=1))
                 code = runtime.run(cid, str(bundle))
                 ran = True

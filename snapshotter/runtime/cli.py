@@ -13,10 +13,10 @@ import sys
 import time
 from typing import Any
 
-from snapshotter.runtime import spec
+from snapshotter.runtime import rootless, spec
 from snapshotter.runtime.errors import ContainerError
 from snapshotter.runtime.lifecycle import Runtime
-from snapshotter.runtime.state import DEFAULT_ROOT
+from snapshotter.runtime.rootless import default_state_root
 
 VERSION = "pyunion-runtime 0.1.0\nspec: 1.0.2"
 USAGE = """\
@@ -65,7 +65,7 @@ class Logger:
 
 
 def _global(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
-    opts: dict[str, Any] = {"root": DEFAULT_ROOT, "log": None, "log_format": "text"}
+    opts: dict[str, Any] = {"root": default_state_root(), "log": None, "log_format": "text"}
     i = 0
     while i < len(argv) and argv[i].startswith("-"):
         arg = argv[i]
@@ -175,7 +175,12 @@ def _dispatch(cmd: str, a: argparse.Namespace, rt: Runtime) -> int:
         if os.path.exists(path):
             raise ContainerError(f"File {path} exists. Remove it first")
         with open(path, "x") as f:
-            json.dump(spec.default_spec(), f, indent="\t")
+            config = spec.default_spec()
+            if a.rootless:  # as runc's: the caller's own ids as root, no cgroup resources
+                rootless.make_rootless(
+                    config, [{"containerID": 0, "hostID": os.geteuid(), "size": 1}],
+                    [{"containerID": 0, "hostID": os.getegid(), "size": 1}])
+            json.dump(config, f, indent="\t")
     return 0
 
 

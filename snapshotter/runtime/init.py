@@ -84,6 +84,8 @@ def stage_a(ch: Channel, config: dict[str, Any], bundle: str, rootfs: str,
             if p is None and t != "user":
                 flags |= spec.NAMESPACE_FLAGS[t]
         sc.unshare(flags)
+        if flags & sc.CLONE_NEWNET:
+            sc.link_up("lo")  # a new network namespace has loopback only, up (as runc does)
         pid = os.fork()
         if pid == 0:
             stage_b(ch, config, bundle, rootfs, statefd, cid)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from snapshotter.runtime import cgroups, hooks, init, spec
+from snapshotter.runtime import cgroups, hooks, init, rootless, spec
 from snapshotter.runtime import syscalls as sc
 from snapshotter.runtime.errors import ContainerError
 from snapshotter.runtime.state import (
@@ -84,7 +84,14 @@ class Runtime:
         bundle = os.path.abspath(bundle)
         if not os.path.isdir(bundle):
             raise ContainerError(f"chdir {bundle}: no such file or directory")
-        config = spec.load(bundle)
+        rootless_ = rootless.is_rootless()
+        config = spec.load(bundle, rootless=rootless_)
+        nss = spec.namespaces(config)
+        if rootless_ and "user" not in nss:
+            raise ContainerError(f"running as uid {os.geteuid()} needs a user namespace in "
+                                 "config.json (linux.namespaces: user, with uidMappings)")
+        if "user" in nss:
+            rootless.check_devices((config.get("linux") or {}).get("devices") or [])
         rootfs = str(spec.rootfs_path(config, bundle))
         if not os.path.isdir(rootfs):
             raise ContainerError(f"invalid rootfs: stat {rootfs}: no such file or directory")
@@ -105,8 +112,15 @@ class Runtime:
             fifo = self.sd.fifo(cid)
             os.mkfifo(fifo, 0o600)
             os.chmod(fifo, 0o600)  # only the container's user may open it (through a dir fd)
-            os.chown(fifo, *spec.host_ids(config))
+            try:
+                os.chown(fifo, *spec.host_ids(config))
+            except PermissionError:  # rootless, the process runs as a subordinate id
+                os.chmod(fifo, 0o622)
             cg = cgroups.create(cid, (config.get("linux") or {}).get("cgroupsPath"))
+            if rootless_ and (config.get("linux") or {}).get("resources"):
+                why = ("no cgroup is delegated to this user" if cg is None
+                       else "pyunion-runtime sets no cgroup limits")
+                self.warn(f"linux.resources ignored: {why}, so no limits are applied")
             st["cgroup"] = str(cg) if cg else None
             self.sd.write(st)
             parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -153,10 +167,12 @@ class Runtime:
                 raise ContainerError("container init exited before it was ready") from None
             t = msg.get("t")
             if t == "userns":
-                for key, name in (("gidMappings", "gid_map"), ("uidMappings", "uid_map")):
-                    lines = "".join(f"{m['containerID']} {m['hostID']} {m['size']}\n"
-                                    for m in linux.get(key) or [])
-                    Path(f"/proc/{pid_a}/{name}").write_text(lines)
+                try:
+                    rootless.write_id_maps(pid_a, linux.get("uidMappings") or [],
+                                           linux.get("gidMappings") or [])
+                except (ContainerError, OSError) as e:
+                    ch.send(t="error", msg=str(e))
+                    raise
                 ch.send(t="ok")
             elif t == "pid":
                 st["pid"] = msg["pid"]
@@ -166,8 +182,13 @@ class Runtime:
                 if "oomScoreAdj" in config["process"]:
                     # From here (host root): the init is non-dumpable, and in a user namespace
                     # its own /proc/self files are not its to write.
-                    Path(f"/proc/{st['pid']}/oom_score_adj").write_text(
-                        str(config["process"]["oomScoreAdj"]))
+                    try:
+                        Path(f"/proc/{st['pid']}/oom_score_adj").write_text(
+                            str(config["process"]["oomScoreAdj"]))
+                    except PermissionError:
+                        if not rootless.is_rootless():
+                            raise
+                        self.warn("process.oomScoreAdj ignored: lowering it needs root")
                 ch.send(t="ok")
             elif t == "hooks":
                 state = hook_state(st, "creating", st["pid"])

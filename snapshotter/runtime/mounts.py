@@ -163,6 +163,12 @@ def _mount_one(rootfd: int, bundle: str, m: dict[str, Any]) -> None:
         fd = open_in_root(rootfd, dest, create="dir")
         try:
             sc.mount(source, fdpath(fd), mtype, opts.flags & ~sc.MS_REMOUNT, opts.data or None)
+        except PermissionError:
+            # In a user namespace without its own network namespace the kernel refuses a new
+            # sysfs; rootless runc binds the host's /sys instead.
+            if mtype != "sysfs":
+                raise
+            _bind_host(rootfd, "/sys", dest, opts.flags)
         finally:
             os.close(fd)
     if opts.propagation:
@@ -201,7 +207,12 @@ def _mount_cgroup(rootfd: int, dest: str, opts: spec.MountOptions) -> None:
     fd = open_in_root(rootfd, dest, create="dir")
     try:
         if any(mp == "/sys/fs/cgroup" and t == "cgroup2" for mp, t, _ in mounts):
-            sc.mount("cgroup", fdpath(fd), "cgroup2", opts.flags & ~sc.MS_REMOUNT)
+            try:
+                sc.mount("cgroup", fdpath(fd), "cgroup2", opts.flags & ~sc.MS_REMOUNT)
+            except PermissionError:
+                # A user namespace without a cgroup namespace of its own may not mount
+                # cgroup2: bind the host's hierarchy (read-only, as asked) as rootless runc does.
+                _bind_host(rootfd, "/sys/fs/cgroup", dest, opts.flags)
             return
         sc.mount("tmpfs", fdpath(fd), "tmpfs",
                  opts.flags & ~(sc.MS_RDONLY | sc.MS_REMOUNT), "mode=755")
@@ -230,6 +241,23 @@ def _mount_cgroup(rootfd: int, dest: str, opts: spec.MountOptions) -> None:
                      | (opts.flags & ~sc.MS_REMOUNT) | mount_flags_of(fdpath(sfd)))
         finally:
             os.close(sfd)
+
+
+def _bind_host(rootfd: int, host: str, dest: str, flags: int) -> None:
+    """rbind a host directory on DEST, then apply FLAGS (ro, nosuid...) with a remount."""
+    fd = open_in_root(rootfd, dest, create="dir")
+    try:
+        sc.mount(host, fdpath(fd), None, sc.MS_BIND | sc.MS_REC)
+    finally:
+        os.close(fd)
+    extra = flags & ~(sc.MS_BIND | sc.MS_REC | sc.MS_REMOUNT)
+    if extra:
+        fd = open_in_root(rootfd, dest)
+        try:
+            sc.mount(None, fdpath(fd), None,
+                     sc.MS_BIND | sc.MS_REMOUNT | extra | mount_flags_of(fdpath(fd)))
+        finally:
+            os.close(fd)
 
 
 def dev_is_bind(mounts: list[dict[str, Any]]) -> bool:

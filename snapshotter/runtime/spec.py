@@ -115,7 +115,7 @@ def capability_mask(names: list[str] | None, what: str) -> int:
     return mask
 
 
-def load(bundle: str | Path) -> dict[str, Any]:
+def load(bundle: str | Path, rootless: bool = False) -> dict[str, Any]:
     """Read and validate BUNDLE/config.json; messages follow runc's where runc has one."""
     path = Path(bundle) / "config.json"
     try:
@@ -128,7 +128,7 @@ def load(bundle: str | Path) -> dict[str, Any]:
         config = json.loads(text)
     except json.JSONDecodeError as e:
         raise ContainerError(f"config.json: {e}") from None
-    validate(config)
+    validate(config, rootless)
     return config
 
 
@@ -143,8 +143,11 @@ def _str_list(value: Any, where: str) -> None:
         _type(item, str, where)
 
 
-def validate(config: Any) -> None:
-    """Raise ContainerError for anything malformed or anything asked for that is not supported."""
+def validate(config: Any, rootless: bool = False) -> None:
+    """Raise ContainerError for anything malformed or anything asked for that is not supported.
+
+    ROOTLESS: linux.resources are accepted (the runtime says it ignores them) as rootless runc
+    does without a delegated cgroup."""
     _type(config, dict, "the top level")
     _type(config.get("ociVersion"), str, "ociVersion")
     if not config["ociVersion"].startswith("1."):
@@ -165,7 +168,7 @@ def validate(config: Any) -> None:
     _type(annotations, dict, "annotations")
     for k, v in annotations.items():
         _type(v, str, f"annotations[{k!r}]")
-    _validate_linux(config)
+    _validate_linux(config, rootless)
 
 
 def _validate_process(proc: Any) -> None:
@@ -242,7 +245,7 @@ def _validate_hooks(hooks: Any) -> None:
                     raise ContainerError(f"config.json: hooks.{name}[{j}].timeout must be > 0")
 
 
-def _validate_linux(config: dict) -> None:
+def _validate_linux(config: dict, rootless: bool = False) -> None:
     linux = config.get("linux") or {}
     _type(linux, dict, "linux")
     seen: set[str] = set()
@@ -297,7 +300,7 @@ def _validate_linux(config: dict) -> None:
     resources = linux.get("resources") or {}
     _type(resources, dict, "linux.resources")
     for key, value in resources.items():
-        if value and key not in _SUPPORTED_RESOURCES:
+        if value and key not in _SUPPORTED_RESOURCES and not rootless:
             raise ContainerError(f"config.json: linux.resources.{key} is not supported")
     if "cgroupsPath" in linux:
         _type(linux["cgroupsPath"], str, "linux.cgroupsPath")

@@ -182,3 +182,21 @@ def fstatfs_type(fd: int) -> int:
     buf = _Statfs()
     _check(_libc.fstatfs(ctypes.c_int(fd), ctypes.byref(buf)), "fstatfs")
     return buf.f_type
+
+
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+
+
+def link_up(name: str) -> None:
+    """Bring a network interface of this network namespace up (as `ip link set NAME up`)."""
+    import fcntl
+    import socket
+    import struct
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sh14x", name.encode(), 0)
+        flags = struct.unpack("16sh14x", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, req))[1]
+        if not flags & _IFF_UP:
+            fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS, struct.pack("16sh14x", name.encode(),
+                                                                 flags | _IFF_UP))
