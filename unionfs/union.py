@@ -70,6 +70,7 @@ class Union:
         self.override = needs_override() if override is None else override
         self.uidmap = uidmap or IdMap()
         self.gidmap = gidmap or IdMap()
+        self._plain_ids = not (self.override or self.uidmap.ranges or self.gidmap.ranges)
         self._lower_overrides: dict[tuple[int, str], Override | None] = {}
         self.layers: list[str | None] = [upper] + list(lowers)
         self.workdir = workdir
@@ -330,6 +331,7 @@ class Union:
 
     def _scan_dir(self, layer: int, path: str) -> LayerDir:
         ld = LayerDir(layer)
+        lower = layer != UPPER
         d = self.real(layer, path)
         try:
             it = os.scandir(d)
@@ -349,7 +351,16 @@ class Union:
                     continue
                 kwh = False
                 is_dir = e.is_dir(follow_symlinks=False)
-                if not (is_dir or e.is_file(follow_symlinks=False) or e.is_symlink()):
+                if lower:
+                    # Stat now, relative to the open directory: cheaper than a path lookup
+                    # later, and a listing's entries are usually all wanted.
+                    try:
+                        st = e.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    self._lower_stats[(layer, _join(path, name))] = st
+                    kwh = is_kernel_whiteout(st.st_mode, st.st_rdev)
+                elif not (is_dir or e.is_file(follow_symlinks=False) or e.is_symlink()):
                     try:  # a special file: maybe a kernel-overlay whiteout
                         kwh = is_kernel_whiteout(*_mode_rdev(e.stat(follow_symlinks=False)))
                     except OSError:
@@ -575,6 +586,8 @@ class Union:
     def present(self, node: Node, st: os.stat_result) -> tuple[int, int, int, int]:
         """(uid, gid, mode, rdev) as the caller sees them: override xattr, then id mapping."""
         uid, gid, mode, rdev = st.st_uid, st.st_gid, st.st_mode, st.st_rdev
+        if self._plain_ids:
+            return uid, gid, mode, rdev
         if self.override and not stat.S_ISLNK(mode):
             ov = self._override_of(node, mode)
             if ov is not None:

@@ -541,6 +541,10 @@ def op_chmod(root: str, path: str, mode: int) -> None:
     os.chmod(os.path.join(root, path), mode)
 
 
+def op_chown(root: str, path: str, uid: int, gid: int) -> None:
+    os.lchown(os.path.join(root, path), uid, gid)
+
+
 def op_setxattr(root: str, path: str, name: str, value: bytes) -> None:
     os.setxattr(os.path.join(root, path), name, value)
 
@@ -553,7 +557,7 @@ OPS: dict[str, Callable[..., None]] = {
     "create": op_create, "write": op_write, "append": op_append, "truncate": op_truncate,
     "unlink": op_unlink, "rmdir": op_rmdir, "mkdir": op_mkdir, "rename": op_rename,
     "link": op_link, "symlink": op_symlink, "mkfifo": op_mkfifo, "chmod": op_chmod,
-    "setxattr": op_setxattr,
+    "chown": op_chown, "setxattr": op_setxattr,
     "removexattr": op_removexattr,
 }
 

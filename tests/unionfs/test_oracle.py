@@ -3,16 +3,17 @@
 A hypothesis state machine draws a two-lower stack (files, directories, symlinks, hardlinks,
 whiteouts and opaque directories, over a pool of three names so that collisions are the rule)
 and then create/write/append/truncate/unlink/mkdir/rmdir/rename/link/symlink/mkfifo/chmod/
-setxattr/removexattr calls, and at most one remount. Every call runs on all three roots through `OracleRun.do`, which checks errno, merged
+chown/setxattr/removexattr calls, and at most one remount. Every call runs on all three roots through `OracleRun.do`, which checks errno, merged
 tree, upper-as-changeset and st_ino stability after each step, and a remount at the end. What
 counts as right where overlayfs and POSIX differ (EXDEV directory renames, lower hardlinks) is
 documented in `oracle_support.OracleRun`.
 
-Knobs (environment): PYUNION_ORACLE_EXAMPLES (examples per test, default 15; 15 for the kernel self-check),
+Knobs (environment): PYUNION_ORACLE_EXAMPLES (examples per test, default 30),
 PYUNION_ORACLE_STEPS (steps per example, default 25), PYUNION_ORACLE_RANDOM=1 (new random
 sequences instead of the fixed CI ones), PYUNION_ORACLE_SHRINK=1 (shrink a failure to a minimal
 sequence; slow with real mounts), PYUNION_ORACLE_NO_LOWER_HARDLINKS=1 (lowers without
-hardlinks, to look past a known hardlink bug). Keep any failure found as a case in test_oracle_regressions.py.
+hardlinks, to look past a known hardlink bug), PYUNION_ORACLE_LOWER_DEPTH (depth of the
+drawn lowers, default 2). Keep any failure found as a case in test_oracle_regressions.py.
 """
 
 from __future__ import annotations
@@ -69,8 +70,9 @@ def file_nodes(draw) -> Node:
 
 
 @st.composite
-def layers(draw, top: bool, max_depth: int = 2) -> Tree:
+def layers(draw, top: bool, max_depth: int | None = None) -> Tree:
     """One lower layer; only the top one (above another) has whiteouts and opaque dirs."""
+    max_depth = max_depth or _env_int("PYUNION_ORACLE_LOWER_DEPTH", 2)
     wh = ["whiteout"] * top
     kinds = {1: ["absent"] * 2 + ["file"] * 2 + ["dir"] * 4 + ["symlink"] + wh,
              2: ["absent"] * 3 + ["file"] * 3 + ["dir"] * 2 + ["symlink"] + wh}
@@ -230,6 +232,11 @@ class UnionOracle(RuleBasedStateMachine):
     def chmod(self, data: st.DataObject, mode: int) -> None:
         self.do("chmod", self.existing(data, "path"), mode)
 
+    @rule(data=st.data(), owner=owners)
+    def chown(self, data: st.DataObject, owner: tuple[int, int]) -> None:
+        """lchown: copy-up of any type, and the kernel's clearing of set-id bits."""
+        self.do("chown", self.existing(data, "path"), *owner)
+
     @rule(data=st.data(), name=st.sampled_from(XATTR_NAMES), value=st.binary(max_size=4))
     def setxattr(self, data: st.DataObject, name: str, value: bytes) -> None:
         self.do("setxattr", self.existing(data, "path"), name, value)
@@ -297,7 +304,7 @@ def test_oracle_harness_kernel_against_itself(oracle_base: Path) -> None:
     changeset reading of a kernel upper, so a failure of the pyunion test below is pyunion's.
     """
     try:
-        run_state_machine_as_test(_machine(oracle_base, "kernel"), settings=_settings(15))
+        run_state_machine_as_test(_machine(oracle_base, "kernel"), settings=_settings(30))
     finally:
         _report_stats()
 
@@ -305,7 +312,7 @@ def test_oracle_harness_kernel_against_itself(oracle_base: Path) -> None:
 @pytest.mark.timeout(900)
 def test_oracle_pyunion(oracle_base: Path) -> None:
     try:
-        run_state_machine_as_test(_machine(oracle_base, "pyunion"), settings=_settings(15))
+        run_state_machine_as_test(_machine(oracle_base, "pyunion"), settings=_settings(30))
     finally:
         _report_stats()
 

@@ -137,3 +137,23 @@ def test_rename_lower_dir_keeps_hardlink_made_through_the_mount(oracle_base: Pat
         run.do("rename", "b", "d", 0)
         run.do("append", "x", b"+")
         run.remount()
+
+
+@pytest.mark.parametrize("subject", SUBJECTS)
+def test_scenario_owners_and_setid_bits(oracle_base: Path, subject: str) -> None:
+    """chown copies up and clears set-id bits as the kernel does; fifos and symlinks too."""
+    l1 = {"f": file(b"x", 0o4755, 1000, 1000), "g": file(b"y", 0o2755), "s": symlink("f"),
+          "d": directory(0o2775, 1000, 0)}
+    with oracle(oracle_base, l1, {"f": file(b"old")}, subject=subject) as run:
+        run.do("chown", "f", 0, 0)
+        run.do("chown", "g", 1000, 1000)
+        run.do("chown", "s", 1000, 0)
+        run.do("chown", "d", 0, 1000)
+        run.do("mkdir", "d/sub", 0o755)
+        run.do("mkfifo", "d/p", 0o600)
+        run.do("chown", "d/p", 1000, 1000)
+        run.do("write", "d/p", b"z")
+        run.do("rename", "d/p", "p", 0)
+        run.do("chmod", "f", 0o6755)
+        run.do("append", "f", b"+")
+        run.remount()
