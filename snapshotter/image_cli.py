@@ -12,42 +12,14 @@ import sqlite3
 import sys
 from pathlib import Path
 
+from snapshotter.cli_args import Parser as _Parser
+from snapshotter.cli_args import UsageError, split_root
 from snapshotter.errors import SnapshotterError
 from snapshotter.images import ImageRecord, ImageStore
 from snapshotter.progress import Progress, human
 from snapshotter.store_paths import default_store_root
 
 PROG = "pyunion image"
-
-
-class UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not argparse's usage dump
-        raise UsageError(message)
-
-
-def split_root(argv: list[str]) -> tuple[str | None, list[str]]:
-    """Take `--root DIR` / `--root=DIR` out of ARGV wherever it is (before or after the verb)."""
-    root, rest, i = None, [], 0
-    while i < len(argv):
-        a = argv[i]
-        if a == "--":
-            rest += argv[i:]
-            break
-        if a == "--root":
-            if i + 1 >= len(argv):
-                raise UsageError("--root needs a directory")
-            root, i = argv[i + 1], i + 2
-            continue
-        if a.startswith("--root="):
-            root = a[len("--root="):]
-        else:
-            rest.append(a)
-        i += 1
-    return root, rest
 
 
 def _parser() -> _Parser:

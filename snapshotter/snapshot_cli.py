@@ -11,6 +11,8 @@ import sqlite3
 import sys
 from pathlib import Path
 
+from snapshotter.cli_args import Parser as _Parser
+from snapshotter.cli_args import UsageError, split_root
 from snapshotter.errors import NotFound, SnapshotterError
 from snapshotter.snapshots import (
     Info,
@@ -22,36 +24,6 @@ from snapshotter.snapshots import (
 )
 
 PROG = "pyunion snapshot"
-
-
-class UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not argparse's usage dump
-        raise UsageError(message)
-
-
-def split_root(argv: list[str]) -> tuple[str | None, list[str]]:
-    """Take `--root DIR` / `--root=DIR` out of argv wherever it is (before or after the verb)."""
-    root, rest, i = None, [], 0
-    while i < len(argv):
-        a = argv[i]
-        if a == "--":
-            rest += argv[i:]
-            break
-        if a == "--root":
-            if i + 1 >= len(argv):
-                raise UsageError("--root needs a directory")
-            root, i = argv[i + 1], i + 2
-            continue
-        if a.startswith("--root="):
-            root = a[len("--root="):]
-        else:
-            rest.append(a)
-        i += 1
-    return root, rest
 
 
 def parse_labels(items: list[str]) -> dict[str, str]:

@@ -728,7 +728,8 @@ class Union:
                      0o600)
         os.close(fd)
 
-    def unlink(self, parent: Node, name: str) -> None:
+    def _visible(self, parent: Node, name: str) -> Resolved:
+        """The visible object a removal names, or ENOENT."""
         self._check_writable()
         if is_meta_name(name):
             raise _err(errno.ENOENT)
@@ -736,18 +737,16 @@ class Union:
         r = self._resolve_child(parent, name)
         if r is None:
             raise _err(errno.ENOENT)
+        return r
+
+    def unlink(self, parent: Node, name: str) -> None:
+        r = self._visible(parent, name)
         if stat.S_ISDIR(r.st.st_mode):
             raise _err(errno.EISDIR)
         self._remove_name(parent, name, r, is_dir=False)
 
     def rmdir(self, parent: Node, name: str) -> None:
-        self._check_writable()
-        if is_meta_name(name):
-            raise _err(errno.ENOENT)
-        self.refresh(parent)
-        r = self._resolve_child(parent, name)
-        if r is None:
-            raise _err(errno.ENOENT)
+        r = self._visible(parent, name)
         if not stat.S_ISDIR(r.st.st_mode):
             raise _err(errno.ENOTDIR)
         child, _ = self.lookup(parent, name, count=False)

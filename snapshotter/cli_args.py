@@ -1,0 +1,35 @@
+"""Argument handling shared by the `pyunion image` and `pyunion snapshot` command lines."""
+
+from __future__ import annotations
+
+import argparse
+
+
+class UsageError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not argparse's usage dump
+        raise UsageError(message)
+
+
+def split_root(argv: list[str]) -> tuple[str | None, list[str]]:
+    """Take `--root DIR` / `--root=DIR` out of argv wherever it is (before or after the verb)."""
+    root, rest, i = None, [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            rest += argv[i:]
+            break
+        if a == "--root":
+            if i + 1 >= len(argv):
+                raise UsageError("--root needs a directory")
+            root, i = argv[i + 1], i + 2
+            continue
+        if a.startswith("--root="):
+            root = a[len("--root="):]
+        else:
+            rest.append(a)
+        i += 1
+    return root, rest
