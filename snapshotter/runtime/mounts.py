@@ -146,17 +146,9 @@ def _mount_one(rootfd: int, bundle: str, m: dict[str, Any]) -> None:
         try:
             target = fdpath(fd)
             sc.mount(source, target, None, sc.MS_BIND | (opts.flags & sc.MS_REC))
-            extra = opts.flags & ~(sc.MS_BIND | sc.MS_REC | sc.MS_REMOUNT)
-            if extra:
-                # A new fd: the remount applies to the bind mount now on top of the path.
-                fd2 = open_in_root(rootfd, dest)
-                try:
-                    sc.mount(None, fdpath(fd2), None,
-                             sc.MS_BIND | sc.MS_REMOUNT | extra | mount_flags_of(fdpath(fd2)))
-                finally:
-                    os.close(fd2)
         finally:
             os.close(fd)
+        _remount_bind(rootfd, dest, opts.flags)
     elif mtype == "cgroup":
         _mount_cgroup(rootfd, dest, opts)
     else:
@@ -250,14 +242,23 @@ def _bind_host(rootfd: int, host: str, dest: str, flags: int) -> None:
         sc.mount(host, fdpath(fd), None, sc.MS_BIND | sc.MS_REC)
     finally:
         os.close(fd)
+    _remount_bind(rootfd, dest, flags)
+
+
+def _remount_bind(rootfd: int, dest: str, flags: int) -> None:
+    """Apply FLAGS beyond bind/rec (ro, nosuid...) to the bind mount on DEST with a remount.
+
+    A new fd is opened: the remount must reach the mount now on top of the path.
+    """
     extra = flags & ~(sc.MS_BIND | sc.MS_REC | sc.MS_REMOUNT)
-    if extra:
-        fd = open_in_root(rootfd, dest)
-        try:
-            sc.mount(None, fdpath(fd), None,
-                     sc.MS_BIND | sc.MS_REMOUNT | extra | mount_flags_of(fdpath(fd)))
-        finally:
-            os.close(fd)
+    if not extra:
+        return
+    fd = open_in_root(rootfd, dest)
+    try:
+        sc.mount(None, fdpath(fd), None,
+                 sc.MS_BIND | sc.MS_REMOUNT | extra | mount_flags_of(fdpath(fd)))
+    finally:
+        os.close(fd)
 
 
 def dev_is_bind(mounts: list[dict[str, Any]]) -> bool:
