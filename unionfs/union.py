@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import itertools
 import os
 import shutil
@@ -606,10 +607,6 @@ class Union:
             self._lower_overrides[key] = read_override(real, mode)
         return self._lower_overrides[key]
 
-    def _new_entry(self, parent: Node, name: str) -> tuple[Node, os.stat_result]:
-        node, st = self.lookup(parent, name, count=True)
-        return node, st
-
     def create(self, parent: Node, name: str, mode: int, flags: int, uid: int, gid: int
                ) -> tuple[Node, os.stat_result, int]:
         hidden = self._check_new_name(parent, name)
@@ -663,7 +660,7 @@ class Union:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         self._clear_whiteout(updir, name)
-        return self._new_entry(parent, name)
+        return self.lookup(parent, name)
 
     def symlink(self, parent: Node, name: str, target: str, uid: int, gid: int
                 ) -> tuple[Node, os.stat_result]:
@@ -677,7 +674,7 @@ class Union:
             os.unlink(path)
             raise
         self._clear_whiteout(updir, name)
-        return self._new_entry(parent, name)
+        return self.lookup(parent, name)
 
     def mknod(self, parent: Node, name: str, mode: int, rdev: int, uid: int, gid: int
               ) -> tuple[Node, os.stat_result]:
@@ -707,7 +704,7 @@ class Union:
             os.unlink(path)
             raise
         self._clear_whiteout(updir, name)
-        return self._new_entry(parent, name)
+        return self.lookup(parent, name)
 
     def link(self, node: Node, parent: Node, name: str) -> tuple[Node, os.stat_result]:
         if node.is_dir:
@@ -1006,7 +1003,7 @@ class Union:
         return fd
 
     def register(self, fd: int, node: Node) -> None:
-        self.handles[fd] = Handle(fd, node, node.layer, os.fstat(fd).st_ino)
+        self.handles[fd] = Handle(fd, node, node.layer)
         node.open_count += 1
 
     def fd_for_read(self, fh: int) -> int:
@@ -1045,20 +1042,25 @@ class Union:
 class Handle:
     fd: int
     node: Node
-    layer: int
-    ino: int
+    layer: int          # where the fd points: a reader re-opens once the node is copied up
 
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 
 
-def renameat2(src: str, dst: str, flags: int) -> None:
+@functools.cache
+def _libc():
+    """libc for renameat2 (not in Python 3.11's os), loaded once: find_library runs ldconfig."""
     import ctypes
     import ctypes.util
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def renameat2(src: str, dst: str, flags: int) -> None:
+    import ctypes
     AT_FDCWD = -100
-    if libc.renameat2(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst), flags) != 0:
+    if _libc().renameat2(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst), flags) != 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
 
