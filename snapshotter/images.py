@@ -44,9 +44,9 @@ from snapshotter.errors import (
 from snapshotter.layer_writer import write_layer
 from snapshotter.progress import Progress
 from snapshotter.snapshots import Kind, Snapshotter
+from snapshotter.sqlite_db import open_db
 
 IMAGE_LABEL = "pyunion.image"          # on an active snapshot: the image it was prepared from
-BUSY_TIMEOUT_S = 60.0
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
     name            TEXT PRIMARY KEY,
@@ -109,9 +109,7 @@ def _json_bytes(obj: dict) -> bytes:
 
 class _DB:
     def __init__(self, path: Path):
-        self.conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.executescript(SCHEMA)    # idempotent; executescript manages its own commit
+        self.conn = open_db(path, SCHEMA)
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:

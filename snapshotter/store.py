@@ -18,8 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from snapshotter.errors import FailedPrecondition
-
-BUSY_TIMEOUT_S = 60.0
+from snapshotter.sqlite_db import open_db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS snapshots (
@@ -139,15 +138,7 @@ class MetaStore:
 
     def __init__(self, path: str | Path):
         self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = sqlite3.connect(
-            str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-        self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute("PRAGMA foreign_keys = ON")
-        with self.write():
-            for stmt in SCHEMA.split(";"):
-                if stmt.strip():
-                    self._conn.execute(stmt)
+        self._conn: sqlite3.Connection | None = open_db(path, SCHEMA, check_same_thread=False)
 
     @property
     def closed(self) -> bool:

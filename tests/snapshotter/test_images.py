@@ -524,3 +524,22 @@ def test_image_files_outside_the_source_are_never_read(tmp_path, images):
         with pytest.raises(ImageError, match="leaves it"):
             st.import_path(arch)
     assert store_state(root) == before
+
+
+def _open_both(root: str) -> str:
+    try:
+        ImageStore(root).close()
+        return "ok"
+    except Exception as e:      # reported to the parent, which asserts on it
+        return repr(e)
+
+
+def test_many_processes_create_one_store_at_once(tmp_path):
+    """A fresh store's databases are set up by whichever process comes first; none fails."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(3) as pool:
+        for i in range(30):
+            root = str(tmp_path / f"r{i}")
+            assert pool.map(_open_both, [root] * 3) == ["ok"] * 3
