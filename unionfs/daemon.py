@@ -17,6 +17,7 @@ import sys
 import pyfuse3
 import trio
 
+from unionfs.mount_cli import forget_daemon, pid_file, record_daemon
 from unionfs.operations import UnionOperations
 from unionfs.options import MountConfig
 from unionfs.ownership import IdMap
@@ -57,6 +58,7 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
                       uidmap=IdMap.parse(cfg.uidmapping) if cfg.uidmapping else None,
                       gidmap=IdMap.parse(cfg.gidmapping) if cfg.gidmapping else None)
         ops = UnionOperations(union, timeout=cfg.timeout)
+        record = pid_file(cfg.target)
         pyfuse3.init(ops, cfg.target, fuse_options(cfg))
     except Exception as e:  # noqa: BLE001 - one line to the waiting parent, whatever went wrong
         msg = f"cannot mount {cfg.target}: {e}"
@@ -66,6 +68,9 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
         else:
             print(f"pyunion: {msg}", file=sys.stderr)
         return 1
+    warning = record_daemon(record, cfg.target)
+    if warning:
+        log.warning("%s", warning)
     if ready_fd is not None:
         os.write(ready_fd, f"ok {os.getpid()}\n".encode())
         os.close(ready_fd)
@@ -81,6 +86,7 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
         unmounted_cleanly = True
     finally:
         pyfuse3.close(unmount=True)
+        forget_daemon(record)
         if not unmounted_cleanly:
             log.error("daemon stopped on an error; mount removed")
     return 0

@@ -128,6 +128,30 @@ def pid_file(target: str) -> Path:
                            + ".json")
 
 
+def record_daemon(pf: Path, target: str) -> str | None:
+    """Let `pyunion umount` find and wait for this daemon; the mount works without it.
+
+    `pf` is computed before the mount exists: resolving a path through a mount that is not yet
+    served would wait on ourselves. Returns a warning to show when the record cannot be written."""
+    try:
+        pf.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = pf.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"pid": os.getpid(), "target": target}))
+        tmp.replace(pf)
+    except OSError as e:
+        return f"cannot record the daemon's pid in {pf}: {e.strerror}"
+    return None
+
+
+def forget_daemon(pf: Path) -> None:
+    """Remove the record if it is still ours (a later mount on the same target owns its own)."""
+    try:
+        if json.loads(pf.read_text()).get("pid") == os.getpid():
+            pf.unlink()
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def start_daemon(cfg: MountConfig) -> int:
     """Start the daemon detached from the caller's stdio; return its pid once the mount is ready.
 
@@ -153,15 +177,7 @@ def start_daemon(cfg: MountConfig) -> int:
         msg = f.readline()  # EOF without a line: the daemon died before it was ready
     text = msg.decode(errors="replace").strip()
     if text.startswith("ok "):
-        pid = int(text.split()[1])
-        pf = pid_file(cfg.target)
-        try:  # lets `pyunion umount` wait for this daemon; the mount works without it
-            pf.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            pf.write_text(json.dumps({"pid": pid, "target": cfg.target}))
-        except OSError as e:
-            print(f"pyunion: warning: cannot record the daemon's pid in {pf}: {e.strerror}",
-                  file=sys.stderr)
-        return pid
+        return int(text.split()[1])
     raise MountError(text.removeprefix("error: ") or "daemon exited before the mount was ready")
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 
 from tests.mounting import force_unmount, is_mounted
+from unionfs.mount_cli import pid_file
 
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -28,10 +30,16 @@ def test_mount_t_fuse_pyunion(tmp_path):
     try:
         assert r.returncode == 0, r.stderr
         assert is_mounted(mnt)
+        record = pid_file(str(mnt))
+        assert record.exists()      # written by the daemon itself, as mount.fuse3 records nothing
         assert (mnt / "f").read_text() == "lower"
         os.unlink(mnt / "g")
         assert (up / ".wh.g").exists()
         subprocess.run(["umount", str(mnt)], check=True, timeout=60)
         assert not is_mounted(mnt)
+        deadline = time.monotonic() + 30
+        while record.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not record.exists()  # the daemon removed its record on the way out
     finally:
         force_unmount(mnt)
