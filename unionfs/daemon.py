@@ -11,7 +11,6 @@ import dataclasses
 import json
 import logging
 import os
-import signal
 import sys
 
 import pyfuse3
@@ -21,6 +20,7 @@ from unionfs.mount_cli import forget_daemon, pid_file, record_daemon
 from unionfs.operations import UnionOperations
 from unionfs.options import MountConfig
 from unionfs.ownership import IdMap
+from unionfs.serving import STOP_SIGNALS, direct_wait
 from unionfs.union import Union
 
 log = logging.getLogger("pyunion")
@@ -39,16 +39,23 @@ def fuse_options(cfg: MountConfig) -> set[str]:
 
 
 async def _serve() -> None:
-    async with trio.open_nursery() as nursery:
-        async def watch_signals() -> None:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
-                async for _ in sigs:
-                    pyfuse3.terminate()
-                    return
+    """One worker; the wait per request is a plain poll (unionfs/serving.py).
 
-        nursery.start_soon(watch_signals)
+    PYUNION_WAIT=trio keeps pyfuse3's own wait (for comparing the two with bench/)."""
+    if os.environ.get("PYUNION_WAIT") == "trio":
+        async with trio.open_nursery() as nursery:
+            async def watch_signals() -> None:
+                with trio.open_signal_receiver(*STOP_SIGNALS) as sigs:
+                    async for _ in sigs:
+                        pyfuse3.terminate()
+                        return
+
+            nursery.start_soon(watch_signals)
+            await pyfuse3.main(min_tasks=1, max_tasks=1)
+            nursery.cancel_scope.cancel()
+        return
+    with direct_wait():
         await pyfuse3.main(min_tasks=1, max_tasks=1)
-        nursery.cancel_scope.cancel()
 
 
 def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:

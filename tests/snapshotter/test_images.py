@@ -530,7 +530,7 @@ def _open_both(root: str) -> str:
     try:
         ImageStore(root).close()
         return "ok"
-    except Exception as e:      # reported to the parent, which asserts on it
+    except Exception as e:  # noqa: BLE001 - reported to the parent, which asserts on it
         return repr(e)
 
 

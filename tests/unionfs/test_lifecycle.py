@@ -312,7 +312,11 @@ def test_daemon_lets_go_of_callers_stdio(stack: Path, form: str) -> None:
         assert_view(mnt)
 
 
-def test_sigterm_to_daemon_unmounts_cleanly(stack: Path) -> None:
+@pytest.mark.parametrize("busy", [False, True], ids=["idle", "busy"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP],
+                         ids=lambda s: signal.Signals(s).name)
+def test_signal_to_daemon_unmounts_cleanly(stack: Path, sig: int, busy: bool) -> None:
+    """Idle, the daemon waits in poll(); busy, a request is always queued: both stop."""
     mnt = stack / "mnt"
     with cleanup(mnt):
         pyunion("mount", "-o", f"workdir={stack / 'work'}",
@@ -321,9 +325,18 @@ def test_sigterm_to_daemon_unmounts_cleanly(stack: Path) -> None:
         assert len(daemons) == 1
         with open(mnt / "written", "wb") as f:
             f.write(b"kept")
-        os.kill(daemons[0], signal.SIGTERM)
-        assert wait_gone(daemons) == [], "daemon still alive 30 s after SIGTERM"
-        assert not is_mounted(mnt), "SIGTERM left the mount behind"
+        load = None
+        if busy:   # a shell stat-ing through the mount without pause: requests keep coming
+            load = subprocess.Popen(["sh", "-c", f"while :; do ls -l {mnt} >/dev/null 2>&1; done"])
+            time.sleep(0.3)
+        try:
+            os.kill(daemons[0], sig)
+            assert wait_gone(daemons) == [], "daemon still alive 30 s after the signal"
+        finally:
+            if load is not None:
+                load.kill()
+                load.wait(timeout=30)
+        assert not is_mounted(mnt), "the signal left the mount behind"
         assert (stack / "upper" / "written").read_bytes() == b"kept"
         # And it mounts again over the same directories.
         pyunion("mount", "-o", f"workdir={stack / 'work'}",
