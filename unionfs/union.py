@@ -81,6 +81,8 @@ class Union:
         self.table = InodeTable()
         self.handles: dict[int, Handle] = {}
         self.mutations = 0
+        # Visible-name counts of lower hardlinks, each with the mutation count it was taken at.
+        self._nlinks: dict[tuple[int, int], tuple[int, int]] = {}
         self._hardlink_maps: dict[int, dict[tuple[int, int], list[str]]] = {}
         self._lower_dirs: dict[tuple[int, str], LayerDir] = {}
         self._lower_stats: dict[tuple[int, str], os.stat_result] = {}
@@ -314,11 +316,19 @@ class Union:
         if node.merged:
             return 1
         if st.st_nlink > 1 and node.layer != UPPER and not node.is_dir:
+            key = (st.st_dev, st.st_ino)
+            peers = self._hardlinks(node.layer).get(key, [])
+            if len(peers) <= 1:     # the other links are outside this layer (e.g. a shared store)
+                return 1
+            hit = self._nlinks.get(key)
+            if hit is not None and hit[0] == self.mutations:   # nothing changed since
+                return hit[1]
             visible = 0
-            for peer in self._hardlinks(node.layer).get((st.st_dev, st.st_ino), []):
+            for peer in peers:
                 found = self._resolve_path(peer)
-                if found and (found[1].st.st_dev, found[1].st.st_ino) == (st.st_dev, st.st_ino):
+                if found and (found[1].st.st_dev, found[1].st.st_ino) == key:
                     visible += 1
+            self._nlinks[key] = (self.mutations, max(visible, 1))
             return max(visible, 1)
         return st.st_nlink
 

@@ -423,3 +423,24 @@ def test_full_upper_fails_copy_up_cleanly(tmp_path):
         assert os.listdir(small / "work" / "work") == []
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_link_count_of_lower_hardlinks(tmp_path):
+    """A lower file counts the names the mount shows; links from outside its layer (a store
+    that shares files between layers by hardlinks) are not names of the mount."""
+    s = Stack(tmp_path)
+    (s.l2 / "pair1").write_text("p")
+    os.link(s.l2 / "pair1", s.l2 / "pair2")
+    (s.l2 / "shared").write_text("s")
+    outside = tmp_path / "store-copy"
+    os.link(s.l2 / "shared", outside)       # the same inode, in no layer of the mount
+    os.link(s.l2 / "shared", s.l1 / "shared-too")   # and in another layer
+    with s.mount():
+        m = s.mnt
+        assert os.lstat(s.l2 / "shared").st_nlink == 3
+        assert os.lstat(m / "shared").st_nlink == 1
+        assert os.lstat(m / "shared-too").st_nlink == 1
+        assert os.lstat(m / "pair1").st_nlink == os.lstat(m / "pair2").st_nlink == 2
+        os.unlink(m / "pair2")
+        assert os.lstat(m / "pair1").st_nlink == 1
+        assert sorted(os.listdir(m)) == ["pair1", "shared", "shared-too"]
