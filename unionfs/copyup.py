@@ -11,13 +11,18 @@ import os
 import stat
 
 from unionfs.layers import is_private_xattr
+from unionfs.libc import start_writeback
 
 ORIGIN_XATTRS = ("trusted.pyunion.origin", "user.pyunion.origin")
 CHUNK = 1 << 30
+SYNC_CHUNK = 8 << 20     # copy-then-start-writeback step when the copy will be fsynced
 
 
-def copy_data(src_fd: int, dst_fd: int, size: int) -> None:
-    """Copy a file's data in the kernel, keeping holes (SEEK_DATA/SEEK_HOLE)."""
+def copy_data(src_fd: int, dst_fd: int, size: int, sync: bool = False) -> None:
+    """Copy a file's data in the kernel, keeping holes (SEEK_DATA/SEEK_HOLE).
+
+    With `sync` (an fsync follows), each chunk's writeback starts as soon as it is copied, so
+    the disk works while the copy goes on and the fsync waits for less."""
     off = 0
     while off < size:
         try:
@@ -33,22 +38,25 @@ def copy_data(src_fd: int, dst_fd: int, size: int) -> None:
             hole = os.lseek(src_fd, data, os.SEEK_HOLE)
         except OSError:
             hole = size
-        _copy_range(src_fd, dst_fd, data, min(hole, size) - data)
+        _copy_range(src_fd, dst_fd, data, min(hole, size) - data, sync)
         off = hole
     os.ftruncate(dst_fd, size)
 
 
-def _copy_range(src_fd: int, dst_fd: int, off: int, count: int) -> None:
+def _copy_range(src_fd: int, dst_fd: int, off: int, count: int, sync: bool) -> None:
+    chunk = SYNC_CHUNK if sync else CHUNK
     while count > 0:
         try:
-            n = os.copy_file_range(src_fd, dst_fd, min(count, CHUNK), off, off)
+            n = os.copy_file_range(src_fd, dst_fd, min(count, chunk), off, off)
         except OSError as e:
             if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
                 raise
             os.lseek(dst_fd, off, os.SEEK_SET)
-            n = os.sendfile(dst_fd, src_fd, off, min(count, CHUNK))
+            n = os.sendfile(dst_fd, src_fd, off, min(count, chunk))
         if n == 0:
             break
+        if sync:
+            start_writeback(dst_fd, off, n)
         off += n
         count -= n
 
@@ -129,7 +137,7 @@ def stage_copy(src: str, st: os.stat_result, tmp: str, data: bool = True,
             dfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 if data:
-                    copy_data(sfd, dfd, st.st_size)
+                    copy_data(sfd, dfd, st.st_size, sync)
                 if sync:
                     os.fsync(dfd)
             finally:

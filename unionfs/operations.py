@@ -205,6 +205,7 @@ class UnionOperations(pyfuse3.Operations):
         node = d.node
         fresh = d.mutations == self.u.mutations  # nothing changed since opendir
         total = len(d.entries) + 2
+        ppath = node.path() if fresh else None
         i = start_id
         while i < total:
             if i < 2:
@@ -222,7 +223,7 @@ class UnionOperations(pyfuse3.Operations):
             if fresh and k < len(d.replies):
                 reply = d.replies[k]
             else:
-                reply = self._entry_reply(node, d.entries[k], fresh)
+                reply = self._entry_reply(node, d.entries[k], fresh, ppath)
                 if fresh and k == len(d.replies):
                     d.replies.append(reply)
             if reply is not None:
@@ -234,11 +235,11 @@ class UnionOperations(pyfuse3.Operations):
         if fresh and len(d.replies) == len(d.entries) and d.mutations == self.u.mutations:
             self._remember_listing(node.ino, d)
 
-    def _entry_reply(self, node: Node, entry, fresh: bool):
+    def _entry_reply(self, node: Node, entry, fresh: bool, ppath: str | None = None):
         """(name, node, attributes) for one listed name, or None if it is gone."""
         try:
             if fresh:
-                child, st = self.u.lookup_entry(node, entry)
+                child, st = self.u.lookup_entry(node, entry, ppath)
             else:  # something changed since opendir: ask every layer
                 child, st = self.u.lookup(node, entry.name, count=False)
         except OSError:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import itertools
 import os
 import shutil
@@ -38,6 +37,7 @@ from unionfs.layers import (
     whited_out_name,
     whiteout_name,
 )
+from unionfs.libc import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2
 from unionfs.ownership import (
     OVERRIDE_XATTRS,
     IdMap,
@@ -217,12 +217,14 @@ class Union:
             ino = self.numbers.number(st.st_dev, st.st_ino)
         return Resolved(layer, stack, st, ino)
 
-    def lookup_entry(self, parent: Node, e: MergedEntry) -> tuple[Node, os.stat_result]:
+    def lookup_entry(self, parent: Node, e: MergedEntry, ppath: str | None = None
+                     ) -> tuple[Node, os.stat_result]:
         """Like lookup(count=False) for a name from a fresh listing of `parent`: a non-directory
-        is already resolved by the listing, so only its own layer is asked."""
+        is already resolved by the listing, so only its own layer is asked. `ppath` is the
+        parent's path when the caller has it (one walk up the tree per batch, not per name)."""
         if e.is_dir:
             return self.lookup(parent, e.name, count=False)
-        path = _join(parent.path(), e.name)
+        path = _join(parent.path() if ppath is None else ppath, e.name)
         st = os.lstat(self.real(UPPER, path)) if e.layer == UPPER else \
             self._lower_stat(e.layer, path)
         if stat.S_ISDIR(st.st_mode):
@@ -1053,26 +1055,6 @@ class Handle:
     fd: int
     node: Node
     layer: int          # where the fd points: a reader re-opens once the node is copied up
-
-
-RENAME_NOREPLACE = 1
-RENAME_EXCHANGE = 2
-
-
-@functools.cache
-def _libc():
-    """libc for renameat2 (not in Python 3.11's os), loaded once: find_library runs ldconfig."""
-    import ctypes
-    import ctypes.util
-    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-
-
-def renameat2(src: str, dst: str, flags: int) -> None:
-    import ctypes
-    AT_FDCWD = -100
-    if _libc().renameat2(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst), flags) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
 
 
 def _basename(path: str) -> str:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import errno
 import os
 import shutil
@@ -31,6 +30,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar, Self
+
+from unionfs.libc import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2  # noqa: F401 - re-exported
 
 WH_PREFIX = ".wh."
 WH_OPQ = ".wh..wh..opq"
@@ -468,16 +469,6 @@ def _same_public(a: Tree, b: Tree) -> bool:
 # Operations, identical on every root
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-AT_FDCWD = -100
-RENAME_NOREPLACE = 1
-RENAME_EXCHANGE = 2
-
-
-def renameat2(src: str, dst: str, flags: int) -> None:
-    if _libc.renameat2(AT_FDCWD, src.encode(), AT_FDCWD, dst.encode(), flags) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e), src)
 
 
 def _write(full: str, flags: int, data: bytes) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
 import shutil
@@ -15,16 +13,12 @@ from pathlib import Path
 import pytest
 
 from tests.mounting import mounted
+from unionfs import libc
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for FUSE and chown")
 
-LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-
-
 def renameat2(a: Path, b: Path, flags: int) -> None:
-    if LIBC.renameat2(-100, os.fsencode(a), -100, os.fsencode(b), flags) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
+    libc.renameat2(str(a), str(b), flags)
 
 
 class Stack:

@@ -35,8 +35,6 @@ from hypothesis.stateful import (
 
 from tests.unionfs.oracle_support import (
     DIALECTS,
-    RENAME_EXCHANGE,
-    RENAME_NOREPLACE,
     Node,
     OracleRun,
     Tree,
@@ -47,6 +45,7 @@ from tests.unionfs.oracle_support import (
     symlink,
     whiteout,
 )
+from unionfs.libc import RENAME_EXCHANGE, RENAME_NOREPLACE
 
 NAMES = ("a", "b", "c")
 PATHS = [*NAMES, *(f"{x}/{y}" for x in NAMES for y in NAMES),
