@@ -367,6 +367,33 @@ def test_new_objects_belong_to_caller_and_permissions_hold(shared_s):
         assert (m / "ro").read_text() == "root only"
 
 
+def test_write_by_another_user_clears_setuid_and_setgid(shared_s):
+    """As on any filesystem (and kernel overlayfs): a write by a user without CAP_FSETID drops
+    setuid and group-executable setgid, on a lower file being copied up and on an upper file;
+    root's write keeps them."""
+    s = shared_s
+    os.chmod(s.l2, 0o755)
+    for name, mode in (("lsuid", 0o4777), ("lsgid", 0o2777)):
+        (s.l2 / name).write_text("x")
+        os.chmod(s.l2 / name, mode)
+    with s.mount():
+        m = s.mnt
+        for name, mode in (("usuid", 0o4777), ("usgid", 0o2777), ("rootw", 0o4777)):
+            (m / name).write_text("x")
+            os.chmod(m / name, mode)
+        script = "; ".join(f"echo y >> {m}/{n}" for n in ("lsuid", "lsgid", "usuid", "usgid"))
+        subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                        "sh", "-c", script], check=True, timeout=60)
+        with open(m / "rootw", "a") as f:
+            f.write("y")
+        modes = {n: stat.S_IMODE(os.lstat(m / n).st_mode)
+                 for n in ("lsuid", "lsgid", "usuid", "usgid", "rootw")}
+        assert modes == {"lsuid": 0o777, "lsgid": 0o777, "usuid": 0o777, "usgid": 0o777,
+                         "rootw": 0o4777}
+        assert stat.S_IMODE(os.lstat(s.up / "lsuid").st_mode) == 0o777
+    assert stat.S_IMODE(os.lstat(s.l2 / "lsuid").st_mode) == 0o4777   # the lower is untouched
+
+
 def test_large_directory_merge(s):
     for i in range(5000):
         (s.l2 / f"f{i}").touch()
