@@ -20,7 +20,7 @@ from unionfs.mount_cli import forget_daemon, pid_file, record_daemon
 from unionfs.operations import UnionOperations
 from unionfs.options import MountConfig
 from unionfs.ownership import IdMap
-from unionfs.serving import STOP_SIGNALS, direct_wait
+from unionfs.serving import STOP_SIGNALS, direct_wait, fuse_fd
 from unionfs.union import Union
 
 log = logging.getLogger("pyunion")
@@ -42,7 +42,13 @@ async def _serve() -> None:
     """One worker; the wait per request is a plain poll (unionfs/serving.py).
 
     PYUNION_WAIT=trio keeps pyfuse3's own wait (for comparing the two with bench/)."""
-    if os.environ.get("PYUNION_WAIT") == "trio":
+    fd = None
+    if os.environ.get("PYUNION_WAIT") != "trio":
+        try:
+            fd = fuse_fd()
+        except (OSError, RuntimeError) as e:   # e.g. no /proc: serve the slower way
+            log.warning("falling back to pyfuse3's own request wait: %s", e)
+    if fd is None:
         async with trio.open_nursery() as nursery:
             async def watch_signals() -> None:
                 with trio.open_signal_receiver(*STOP_SIGNALS) as sigs:
@@ -54,7 +60,7 @@ async def _serve() -> None:
             await pyfuse3.main(min_tasks=1, max_tasks=1)
             nursery.cancel_scope.cancel()
         return
-    with direct_wait():
+    with direct_wait(fd):
         await pyfuse3.main(min_tasks=1, max_tasks=1)
 
 

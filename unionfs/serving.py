@@ -65,8 +65,9 @@ class DirectWait:
 
 
 @contextlib.contextmanager
-def direct_wait() -> Iterator[DirectWait]:
-    """Serve with DirectWait; SIGTERM, SIGINT and SIGHUP end the loop (the caller unmounts)."""
+def direct_wait(fd: int) -> Iterator[DirectWait]:
+    """Serve `fd` (from fuse_fd) with DirectWait; SIGTERM, SIGINT and SIGHUP end the loop
+    (the caller unmounts)."""
     r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def on_signal(signum: int, frame: object) -> None:
@@ -75,7 +76,7 @@ def direct_wait() -> Iterator[DirectWait]:
 
     previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
     original = pyfuse3._wait_fuse_readable  # type: ignore[attr-defined]
-    waiter = DirectWait(fuse_fd(), r)
+    waiter = DirectWait(fd, r)
     pyfuse3._wait_fuse_readable = waiter  # type: ignore[attr-defined]
     try:
         yield waiter

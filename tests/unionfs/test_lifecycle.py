@@ -312,15 +312,18 @@ def test_daemon_lets_go_of_callers_stdio(stack: Path, form: str) -> None:
         assert_view(mnt)
 
 
+@pytest.mark.parametrize("wait", ["poll", "trio"])
 @pytest.mark.parametrize("busy", [False, True], ids=["idle", "busy"])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP],
                          ids=lambda s: signal.Signals(s).name)
-def test_signal_to_daemon_unmounts_cleanly(stack: Path, sig: int, busy: bool) -> None:
-    """Idle, the daemon waits in poll(); busy, a request is always queued: both stop."""
+def test_signal_to_daemon_unmounts_cleanly(stack: Path, sig: int, busy: bool, wait: str) -> None:
+    """Idle, the daemon waits in poll(); busy, a request is always queued: both stop. `trio` is
+    pyfuse3's own wait, the fallback when the FUSE descriptor cannot be found."""
     mnt = stack / "mnt"
+    env = dict(os.environ, PYUNION_WAIT=wait)
     with cleanup(mnt):
         pyunion("mount", "-o", f"workdir={stack / 'work'}",
-                f"{stack / 'upper'}:{stack / 'l1'}:{stack / 'l2'}", str(mnt), timeout=60)
+                f"{stack / 'upper'}:{stack / 'l1'}:{stack / 'l2'}", str(mnt), timeout=60, env=env)
         daemons = daemon_pids(mnt)
         assert len(daemons) == 1
         with open(mnt / "written", "wb") as f:
