@@ -1,4 +1,5 @@
-"""`pyunion demo`: the layers at work on a built-in example, start to finish, then cleaned up."""
+"""`pyunion demo`: the layers at work on a built-in example, start to finish, then cleaned up:
+a union mount by hand, then (as root) an image run as a container and committed."""
 
 from __future__ import annotations
 
@@ -88,7 +89,14 @@ def main(argv: list[str]) -> int:
         unmount(str(target))
         mounted = False
         print("unmounted; the daemon has exited")
-    except (MountError, OSError) as e:
+
+        from snapshotter import demo as containers  # the image/container half of the tour
+        skip = containers.why_skipped()
+        if skip:
+            _step(f"containers: skipped ({skip})")
+        else:
+            containers.run(base, _step)
+    except (MountError, OSError, RuntimeError, subprocess.SubprocessError) as e:
         print(f"pyunion demo: {e}", file=sys.stderr)
         return 1
     finally:
