@@ -21,6 +21,10 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     || { cat .venv/pip.log >&2; echo "setup: pip install failed" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi
+# Byte-compile our own modules (only what changed): every mount starts a daemon and every
+# `pyunion` command an interpreter, and where PYTHONDONTWRITEBYTECODE is set each of them would
+# otherwise compile the sources again (about 60 ms per mount here).
+.venv/bin/python -m compileall -q unionfs snapshotter bench >/dev/null
 # `mount -t fuse.pyunion` (mount.fuse3) and podman's mount_program look the command up on a
 # system PATH: as root, link this checkout's commands there.
 if [ "$(id -u)" = 0 ]; then
