@@ -136,7 +136,8 @@ def record_daemon(pf: Path, target: str) -> str | None:
     try:
         pf.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = pf.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"pid": os.getpid(), "target": target}))
+        tmp.write_text(json.dumps({"pid": os.getpid(), "target": target,
+                                   "start": _start_time(os.getpid())}))
         tmp.replace(pf)
     except OSError as e:
         return f"cannot record the daemon's pid in {pf}: {e.strerror}"
@@ -241,28 +242,44 @@ def compat_main(args: list[str]) -> int:
     return _mount(cfg)
 
 
-def _pid_alive(pid: int) -> bool:
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (state first), or None if gone."""
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"unionfs.daemon" in f.read()
-    except OSError:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].decode().split()
+    except (OSError, IndexError):
+        return None
+
+
+def _start_time(pid: int) -> int | None:
+    fields = _proc_stat(pid)
+    return int(fields[19]) if fields else None
+
+
+def _pid_alive(pid: int, start: int | None) -> bool:
+    """The recorded daemon still runs: same pid and start time (a reused pid is another
+    process), and not a zombie (it has exited; whoever reaps it is not our concern)."""
+    fields = _proc_stat(pid)
+    if fields is None or fields[0] == "Z":
         return False
+    return start is None or int(fields[19]) == start
 
 
-def _find_daemon(target: str) -> int | None:
+def _find_daemon(target: str) -> tuple[int, int | None] | None:
     pf = pid_file(target)
     try:
-        pid = json.loads(pf.read_text())["pid"]
-    except (OSError, ValueError, KeyError):
+        rec = json.loads(pf.read_text())
+        pid, start = int(rec["pid"]), rec.get("start")
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    return pid if _pid_alive(pid) else None
+    return (pid, start) if _pid_alive(pid, start) else None
 
 
 def unmount(target: str, lazy: bool = False, timeout: float = 30.0) -> None:
     rtarget = os.path.realpath(target)
     if not any(m == rtarget and t.startswith("fuse") for m, t in mount_table()):
         raise MountError(f"{target} is not a pyunion mount")
-    pid = _find_daemon(rtarget)
+    daemon = _find_daemon(rtarget)
     cmd = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [rtarget]
     r = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if r.returncode != 0:
@@ -270,11 +287,12 @@ def unmount(target: str, lazy: bool = False, timeout: float = 30.0) -> None:
         if "busy" in reason.lower():
             raise MountError(f"{target} is busy (use -l for a lazy unmount)")
         raise MountError(reason.removeprefix("fusermount3: "))
-    if pid is not None:
+    if daemon is not None:
+        pid, start = daemon
         deadline = time.monotonic() + timeout
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if _pid_alive(pid):
+        while _pid_alive(pid, start) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if _pid_alive(pid, start):
             raise MountError(f"daemon {pid} did not exit within {timeout:.0f}s after unmount")
     pid_file(rtarget).unlink(missing_ok=True)
 

@@ -83,6 +83,8 @@ class Union:
         self.mutations = 0
         # Visible-name counts of lower hardlinks, each with the mutation count it was taken at.
         self._nlinks: dict[tuple[int, int], tuple[int, int]] = {}
+        # Lower hardlink groups found whole (see _rejoin), with the mutation count of the check.
+        self._rejoin_checked: dict[tuple[int, int], int] = {}
         self._hardlink_maps: dict[int, dict[tuple[int, int], list[str]]] = {}
         self._lower_dirs: dict[tuple[int, str], LayerDir] = {}
         self._lower_stats: dict[tuple[int, str], os.stat_result] = {}
@@ -229,7 +231,7 @@ class Union:
             self._lower_stat(e.layer, path)
         if stat.S_ISDIR(st.st_mode):
             return self.lookup(parent, e.name, count=False)
-        r = self._identify(e.layer, [e.layer], path, st)
+        r = self._rejoin(parent, e.name, self._identify(e.layer, [e.layer], path, st))
         return self._node_for(parent, e.name, r, False), r.st
 
     def refresh(self, node: Node) -> None:
@@ -264,6 +266,7 @@ class Union:
         r = self._resolve_child(parent, name)
         if r is None:
             raise _err(errno.ENOENT)
+        r = self._rejoin(parent, name, r)
         return self._node_for(parent, name, r, count), r.st
 
     def _ref(self, node: Node, count: bool) -> Node:
@@ -485,6 +488,33 @@ class Union:
             linked = True
         if linked:
             self.table.invalidate()
+
+    def _rejoin(self, parent: Node, name: str, r: Resolved) -> Resolved:
+        """A lower hardlink whose group was copied up under another name but not linked under
+        this one (the daemon died between a copy-up's rename and `_link_peers`): link it now,
+        so the group is one file again, as the finished copy-up would have left it."""
+        st = r.st
+        if self.readonly or r.layer == UPPER or st.st_nlink < 2 or stat.S_ISDIR(st.st_mode):
+            return r
+        key = (st.st_dev, st.st_ino)
+        peers = self._hardlinks(r.layer).get(key, [])
+        if len(peers) < 2 or self._rejoin_checked.get(key) == self.mutations:
+            return r
+        path = _join(parent.path(), name)
+        for peer in peers:
+            up = self.real(UPPER, peer)
+            if peer == path or not os.path.isfile(up) or copyup.get_origin(up) != key:
+                continue
+            self._check_writable()
+            updir = self._upper_dir(parent)
+            dst = f"{updir}/{name}"
+            pst = os.lstat(updir)
+            os.link(up, dst)
+            self._restore_times(updir, pst)
+            self.table.invalidate()
+            return self._identify(UPPER, [UPPER], path, os.lstat(dst))
+        self._rejoin_checked[key] = self.mutations
+        return r
 
     def _resolve_path(self, path: str) -> tuple[Node, Resolved] | None:
         """Resolve a merged-view path without touching the inode table."""

@@ -345,3 +345,25 @@ def test_signal_to_daemon_unmounts_cleanly(stack: Path, sig: int, busy: bool, wa
         pyunion("mount", "-o", f"workdir={stack / 'work'}",
                 f"{stack / 'upper'}:{stack / 'l1'}:{stack / 'l2'}", str(mnt), timeout=60)
         assert (mnt / "written").read_bytes() == b"kept"
+
+
+def test_umount_knows_when_the_recorded_daemon_is_gone() -> None:
+    """`pyunion umount` waits on the pid in the daemon's record: a live process with that pid
+    and start time. A reused pid (other start time) or a zombie counts as gone."""
+    from unionfs.mount_cli import _pid_alive, _start_time
+
+    p = subprocess.Popen(["sleep", "30"])
+    try:
+        start = _start_time(p.pid)
+        assert start is not None
+        assert _pid_alive(p.pid, start)
+        assert not _pid_alive(p.pid, start + 1)
+        p.kill()
+        deadline = time.monotonic() + 10
+        while _pid_alive(p.pid, start) and time.monotonic() < deadline:  # exits, not reaped
+            time.sleep(0.01)
+        assert not _pid_alive(p.pid, start)
+    finally:
+        p.kill()
+        p.wait(timeout=10)
+    assert not _pid_alive(p.pid, start)

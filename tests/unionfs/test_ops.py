@@ -465,3 +465,38 @@ def test_link_count_of_lower_hardlinks(tmp_path):
         os.unlink(m / "pair2")
         assert os.lstat(m / "pair1").st_nlink == 1
         assert sorted(os.listdir(m)) == ["pair1", "shared", "shared-too"]
+
+
+def test_hardlink_group_split_by_a_crash_is_rejoined(tmp_path):
+    """The daemon dying between a copy-up's rename and linking the group's other names leaves
+    an upper copy of one name only. The next mount links the others on sight, so the group is
+    one file again; a name whose upper file is unrelated (replaced by the user) is left alone."""
+    s = Stack(tmp_path)
+    (s.l2 / "sub").mkdir()
+    (s.l2 / "a").write_text("old")
+    os.link(s.l2 / "a", s.l2 / "sub" / "b")
+    (s.l2 / "c").write_text("old-c")
+    os.link(s.l2 / "c", s.l2 / "d")
+    with s.mount():
+        with open(s.mnt / "a", "a") as f:
+            f.write("+new")
+        os.unlink(s.mnt / "c")
+        (s.mnt / "c").write_text("replaced")       # a new file: not the group's copy
+    assert os.lstat(s.up / "sub" / "b").st_ino == os.lstat(s.up / "a").st_ino
+    os.unlink(s.up / "sub" / "b")                  # the state the crash window leaves
+    shutil.rmtree(s.up / "sub")
+    for listing_first in (False, True):            # by lookup, and by a directory listing
+        with s.mount():
+            m = s.mnt
+            if listing_first:
+                assert sorted(os.listdir(m / "sub")) == ["b"]
+            assert (m / "sub" / "b").read_text() == "old+new"
+            assert os.lstat(m / "sub" / "b").st_ino == os.lstat(m / "a").st_ino
+            assert os.lstat(m / "a").st_nlink == 2
+            assert (m / "d").read_text() == "old-c"
+            assert (m / "c").read_text() == "replaced"
+        assert os.lstat(s.up / "sub" / "b").st_ino == os.lstat(s.up / "a").st_ino
+        assert not (s.up / "d").exists()
+        os.unlink(s.up / "sub" / "b")
+        shutil.rmtree(s.up / "sub")
+    assert (s.l2 / "a").read_text() == "old"
