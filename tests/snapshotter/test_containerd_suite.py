@@ -164,13 +164,6 @@ def clear_umask():
 
 
 @pytest.fixture
-def sn(tmp_path) -> Iterator[Snapshotter]:
-    s = Snapshotter(tmp_path / "root")
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def work(tmp_path) -> Iterator[Path]:
     w = tmp_path / "work"
     w.mkdir()

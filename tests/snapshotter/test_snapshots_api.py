@@ -35,13 +35,6 @@ from snapshotter.snapshots import (
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def sn(tmp_path):
-    s = Snapshotter(tmp_path / "root")
-    yield s
-    s.close()
-
-
 def committed(sn: Snapshotter, name: str, parent: str = "", **labels: str) -> str:
     sn.prepare(name + "-tmp", parent)
     sn.commit(name, name + "-tmp", labels or None)

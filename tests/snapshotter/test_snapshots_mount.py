@@ -17,13 +17,6 @@ from tests.mounting import force_unmount, is_mounted
 
 
 @pytest.fixture
-def sn(tmp_path) -> Iterator[Snapshotter]:
-    s = Snapshotter(tmp_path / "root")
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def target(tmp_path) -> Iterator[Path]:
     t = tmp_path / "mnt"
     t.mkdir()
