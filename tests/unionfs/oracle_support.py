@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar, Self
 
-from unionfs.libc import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2  # noqa: F401 - re-exported
+from unionfs.libc import RENAME_EXCHANGE, renameat2
 
 WH_PREFIX = ".wh."
 WH_OPQ = ".wh..wh..opq"

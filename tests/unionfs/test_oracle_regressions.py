@@ -15,8 +15,6 @@ from pathlib import Path
 import pytest
 
 from tests.unionfs.oracle_support import (
-    RENAME_EXCHANGE,
-    RENAME_NOREPLACE,
     OracleRun,
     Tree,
     directory,
@@ -25,6 +23,7 @@ from tests.unionfs.oracle_support import (
     symlink,
     whiteout,
 )
+from unionfs.libc import RENAME_EXCHANGE, RENAME_NOREPLACE
 
 
 def oracle(base: Path, l1: Tree, l2: Tree, dialects: tuple[str, str] = ("oci", "oci"),
