@@ -19,9 +19,10 @@ class MountError(Exception):
     pass
 
 
-def _fail(msg: str) -> int:
+def _fail(msg: str, status: int = 1) -> int:
+    """One line on stderr; status 1 for a refused operation, 2 for a bad command line."""
     print(f"pyunion: {msg}", file=sys.stderr)
-    return 1 if not msg.startswith("usage") else 2
+    return 2 if msg.startswith("usage") else status
 
 
 def default_workdir(upper: str) -> str:
@@ -49,47 +50,69 @@ def _unescape(s: str) -> str:
     return s.encode().decode("unicode_escape") if "\\" in s else s
 
 
+def _existing_ancestor(path: str) -> str:
+    """The nearest directory on PATH's way up that exists (PATH itself if it does)."""
+    while not os.path.lexists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def _check_dir(path: str, what: str) -> str:
+    if not os.path.exists(path):
+        raise MountError(f"{what} {path} does not exist")
+    if not os.path.isdir(path):
+        raise MountError(f"{what} {path} is not a directory")
+    return os.path.realpath(path)
+
+
+def _check_log(log: str) -> None:
+    """The daemon opens its log after the fork: refuse here what it could not open."""
+    if os.path.isdir(log):
+        raise MountError(f"log file {log} is a directory")
+    parent = os.path.dirname(os.path.abspath(log))
+    if not os.path.isdir(parent):
+        raise MountError(f"log file {log}: directory {parent} does not exist")
+    if not os.access(log if os.path.exists(log) else parent, os.W_OK):
+        raise MountError(f"log file {log} is not writable")
+
+
 def check(cfg: MountConfig) -> MountConfig:
-    """Validate and normalise paths; raise MountError with the one-line reason."""
+    """Validate and normalise paths; raise MountError with the one-line reason.
+
+    Everything is checked before anything is created: a refused mount changes nothing (the work
+    directory is the only thing made, last; `cfg.created` names what was, for undoing it)."""
     if not os.path.exists("/dev/fuse"):
         raise MountError("/dev/fuse is missing: FUSE is not available (modprobe fuse)")
+    if not cfg.target:
+        raise MountError("mount point is empty")
     target = os.path.abspath(cfg.target)
-    if not os.path.exists(target):
-        raise MountError(f"mount point {cfg.target} does not exist")
-    if not os.path.isdir(target):
-        raise MountError(f"mount point {cfg.target} is not a directory")
-    lowers = []
+    _check_dir(target, "mount point")
+    lowers: list[str] = []
     for low in cfg.lowers:
-        if not os.path.exists(low):
-            raise MountError(f"lower directory {low} does not exist")
-        if not os.path.isdir(low):
-            raise MountError(f"lower directory {low} is not a directory")
-        lowers.append(os.path.realpath(low))
-    upper = None
-    workdir = None
+        real = _check_dir(low, "lower directory")
+        if real in lowers:
+            raise MountError(f"lower directory {low} is given twice (conflicting lowerdir)")
+        lowers.append(real)
+    upper = workdir = None
     if cfg.upper:
-        if not os.path.exists(cfg.upper):
-            raise MountError(f"upper directory {cfg.upper} does not exist")
-        if not os.path.isdir(cfg.upper):
-            raise MountError(f"upper directory {cfg.upper} is not a directory")
-        upper = os.path.realpath(cfg.upper)
+        upper = _check_dir(cfg.upper, "upper directory")
         for low in lowers:
             if _inside(upper, low) or _inside(low, upper):
                 raise MountError(f"upper directory {cfg.upper} and lower directory {low} overlap")
-        workdir = os.path.abspath(cfg.workdir) if cfg.workdir else default_workdir(upper)
-        try:
-            os.makedirs(workdir, 0o700, exist_ok=True)
-        except OSError as e:
-            raise MountError(f"cannot create work directory {workdir}: {e.strerror}") from None
-        workdir = os.path.realpath(workdir)
-        if os.stat(workdir).st_dev != os.stat(upper).st_dev:
-            raise MountError(f"work directory {workdir} is on another filesystem than upper "
-                             f"directory {upper}")
+        workdir = os.path.realpath(os.path.abspath(cfg.workdir) if cfg.workdir
+                                   else default_workdir(upper))
+        if os.path.lexists(workdir) and not os.path.isdir(workdir):
+            raise MountError(f"work directory {workdir} is not a directory")
         if _inside(workdir, upper) or _inside(upper, workdir):
             raise MountError(f"work directory {workdir} and upper directory {upper} overlap")
         for low in lowers:
-            if _inside(workdir, low):
-                raise MountError(f"work directory {workdir} is inside lower directory {low}")
+            if _inside(workdir, low) or _inside(low, workdir):
+                raise MountError(f"work directory {workdir} is inside lower directory {low}"
+                                 if _inside(workdir, low) else
+                                 f"work directory {workdir} and lower directory {low} overlap")
+        if os.stat(_existing_ancestor(workdir)).st_dev != os.stat(upper).st_dev:
+            raise MountError(f"work directory {workdir} is on another filesystem than upper "
+                             f"directory {upper}")
     rtarget = os.path.realpath(target)
     for d in [upper, workdir, *lowers]:
         if d and (_inside(rtarget, d) or _inside(d, rtarget)):
@@ -97,8 +120,39 @@ def check(cfg: MountConfig) -> MountConfig:
     for mnt, fstype in mount_table():
         if mnt == rtarget and fstype == "fuse.pyunion":
             raise MountError(f"mount point {cfg.target} is busy: a pyunion mount is already there")
+    if cfg.log:
+        _check_log(cfg.log)
+    if workdir:
+        cfg.created = _make_dirs(workdir)
     cfg.target, cfg.lowers, cfg.upper, cfg.workdir = rtarget, lowers, upper, workdir
     return cfg
+
+
+def _make_dirs(path: str) -> list[str]:
+    """mkdir -p with mode 0700; the directories made, outermost first."""
+    made: list[str] = []
+    todo = []
+    p = path
+    while not os.path.lexists(p):
+        todo.append(p)
+        p = os.path.dirname(p)
+    try:
+        for d in reversed(todo):
+            os.mkdir(d, 0o700)
+            made.append(d)
+    except OSError as e:
+        undo_created(made)
+        raise MountError(f"cannot create work directory {path}: {e.strerror}") from None
+    return made
+
+
+def undo_created(made: list[str]) -> None:
+    """Remove the (still empty) directories a refused mount made."""
+    for d in reversed(made):
+        try:
+            os.rmdir(d)
+        except OSError:
+            break
 
 
 def _host_uid() -> int:
@@ -183,13 +237,20 @@ def start_daemon(cfg: MountConfig) -> int:
 
 
 def _become_daemon(cfg: MountConfig, ready_fd: int) -> None:
+    """The daemon's side of start_daemon: never writes to the caller's stdio; any failure before
+    the mount is ready reaches the caller as one line on ready_fd."""
     code = 1
     try:
         null = os.open(os.devnull, os.O_RDWR)
-        out = os.open(cfg.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600) if cfg.log else null
-        os.dup2(null, 0)
-        os.dup2(out, 1)
-        os.dup2(out, 2)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        if cfg.log:
+            try:
+                out = os.open(cfg.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            except OSError as e:
+                raise MountError(f"cannot open log file {cfg.log}: {e.strerror}") from None
+            os.dup2(out, 1)
+            os.dup2(out, 2)
         os.closerange(3, ready_fd)
         os.closerange(ready_fd + 1, 1 << 16)
         sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
@@ -197,9 +258,13 @@ def _become_daemon(cfg: MountConfig, ready_fd: int) -> None:
         from unionfs.daemon import encode_config
         from unionfs.daemon import main as daemon_main
         code = daemon_main([encode_config(cfg), str(ready_fd)])
-    except BaseException:  # noqa: BLE001 - whatever happens, the process must end here
+    except BaseException as e:  # noqa: BLE001 - whatever happens, the process must end here
+        import contextlib
         import traceback
-        traceback.print_exc()
+        with contextlib.suppress(OSError):   # closed once the mount was reported ready
+            os.write(ready_fd, f"error: {e}".replace("\n", " ").encode() + b"\n")
+        if not isinstance(e, MountError):
+            traceback.print_exc()
     finally:
         os._exit(code)
 
@@ -209,12 +274,19 @@ def _mount(cfg: MountConfig) -> int:
         print(f"pyunion: warning: {w}", file=sys.stderr)
     try:
         cfg = check(cfg)
+    except MountError as e:
+        return _fail(str(e))
+    try:
         if cfg.foreground:
             from unionfs.daemon import encode_config
             from unionfs.daemon import main as daemon_main
-            return daemon_main([encode_config(cfg)])
+            code = daemon_main([encode_config(cfg)])
+            if code != 0:
+                undo_created(cfg.created)
+            return code
         start_daemon(cfg)
     except MountError as e:
+        undo_created(cfg.created)
         return _fail(str(e))
     return 0
 
@@ -223,7 +295,7 @@ def mount_main(args: list[str]) -> int:
     try:
         cfg = parse_mount_args(args)
     except UsageError as e:
-        return _fail(str(e))
+        return _fail(str(e), 2)
     return _mount(cfg)
 
 
@@ -238,7 +310,7 @@ def compat_main(args: list[str]) -> int:
     try:
         cfg = parse_compat_args(args)
     except UsageError as e:
-        return _fail(str(e))
+        return _fail(str(e), 2)
     return _mount(cfg)
 
 
@@ -304,7 +376,7 @@ def umount_main(args: list[str]) -> int:
         if a in ("-l", "--lazy", "-z"):
             lazy = True
         elif a.startswith("-"):
-            return _fail(f"unknown flag {a!r}")
+            return _fail(f"unknown flag {a!r}", 2)
         else:
             rest.append(a)
     if len(rest) != 1:
