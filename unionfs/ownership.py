@@ -8,6 +8,7 @@ fuse-overlayfs's older name `user.fuseoverlayfs.override_stat` is read too.
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat
 from dataclasses import dataclass
@@ -115,7 +116,7 @@ class IdMap:
                                  f"or goes past the largest id {MAX_ID}")
         for side, what in ((0, "container"), (1, "host")):
             spans = sorted((r[side], r[side] + r[2]) for r in ranges)
-            for (_, end), (start, _) in zip(spans, spans[1:]):
+            for (_, end), (start, _) in itertools.pairwise(spans):
                 if start < end:
                     raise ValueError(f"id mapping {text!r}: {what} ranges overlap")
         return cls(ranges)
