@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -55,6 +56,10 @@ CREATE TABLE IF NOT EXISTS images (
     diff_ids        TEXT NOT NULL,
     chain_ids       TEXT NOT NULL,
     created         TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS layer_diff_ids (
+    blob    TEXT PRIMARY KEY,   -- a layer blob's digest (verified when it was ingested)
+    diff_id TEXT NOT NULL       -- the digest of its uncompressed stream, as computed here
 );
 """
 
@@ -121,6 +126,11 @@ class _DB:
             raise
         self.conn.execute("COMMIT")
 
+    def diff_id_of(self, blob: str) -> str | None:
+        row = self.conn.execute("SELECT diff_id FROM layer_diff_ids WHERE blob = ?",
+                                (blob,)).fetchone()
+        return row[0] if row else None
+
     def rows(self, name: str | None = None) -> list[tuple]:
         q = "SELECT name, manifest_digest, config_digest, diff_ids, chain_ids, created FROM images"
         if name is None:
@@ -141,6 +151,7 @@ class ImageStore:
         self.db = _DB(self.root / "images.db")
         self.progress = progress or Progress(enabled=False)
         self.notes: list[str] = []      # neutralised/skipped layer entries of the last import
+        self._diff_ids: dict[str, str] = {}   # blob -> diff_id computed, stored with the record
 
     def close(self) -> None:
         self.db.close()
@@ -192,6 +203,9 @@ class ImageStore:
             c.execute("INSERT INTO images VALUES (?, ?, ?, ?, ?, ?)",
                       (rec.name, rec.manifest_digest, rec.config_digest, json.dumps(rec.diff_ids),
                        json.dumps(rec.chain_ids), rec.created))
+            c.executemany("INSERT OR REPLACE INTO layer_diff_ids VALUES (?, ?)",
+                          sorted(self._diff_ids.items()))
+        self._diff_ids = {}
 
     def _others(self, name: str) -> tuple[set[str], set[str]]:
         """Chain IDs and blobs used by every image except NAME."""
@@ -214,6 +228,7 @@ class ImageStore:
         if name is not None:
             check_name(name)
         self.notes = []
+        self._diff_ids = {}
         with self._lock():
             self._remove_stale_extractions()
             created_blobs: list[str] = []
@@ -306,9 +321,30 @@ class ImageStore:
             self.progress.next_layer()
             parent = chains[i - 1] if i else ""
             if self._committed(chains[i]):
+                # The store holds this ChainID, but this image's blob must still be the layer
+                # the config names: a manifest may pair any blob with any diff_id.
+                self._verify_diff_id(desc, diff_ids[i], i)
                 continue
             if self._unpack_layer(desc, diff_ids[i], chains[i], parent, i):
                 created.append(chains[i])
+
+    def _verify_diff_id(self, desc: dict, diff_id: str, index: int) -> None:
+        """Check that the uncompressed stream of layer blob DESC is DIFF_ID. A blob's digest
+        fixes its bytes, so a pairing computed once (at unpack or here) is remembered."""
+        blob = desc["digest"]
+        got = self._diff_ids.get(blob) or self.db.diff_id_of(blob)
+        if got is None:
+            h = hashlib.sha256()
+            with ir.open_uncompressed(self.content.path(blob),
+                                      ir.layer_compression(desc["mediaType"])) as stream:
+                while chunk := stream.read(CHUNK):
+                    h.update(chunk)
+                    self.progress.add(len(chunk))
+            got = "sha256:" + h.hexdigest()
+            self._diff_ids[blob] = got
+        if got != diff_id:
+            raise ImageError(f"layer {index} ({blob}): uncompressed digest {got} does not match "
+                             f"diff_id {diff_id}")
 
     def _committed(self, chain: str) -> bool:
         try:
@@ -335,6 +371,7 @@ class ImageStore:
                                     on_bytes=self.progress.add)
             except ImageError as e:
                 raise ImageError(f"layer {index} ({desc['digest'][:19]}): {e}") from None
+            self._diff_ids[desc["digest"]] = res.diff_id
             if res.diff_id != diff_id:
                 raise ImageError(f"layer {index} ({desc['digest']}): uncompressed digest "
                                  f"{res.diff_id} does not match diff_id {diff_id}")
@@ -497,6 +534,7 @@ class ImageStore:
         check_name(name)
         if compression not in ("gzip", "none"):
             raise InvalidArgument(f"unsupported layer compression {compression!r}")
+        self._diff_ids = {}
         with self._lock():
             info = self.snapshots.stat(key)
             if info.kind is not Kind.ACTIVE:

@@ -29,8 +29,9 @@ def tree_state(root: Path) -> dict[str, tuple]:
     def rec(path: str, st: os.stat_result) -> None:
         rel = os.path.relpath(path, root)
         link = os.readlink(path) if stat.S_ISLNK(st.st_mode) else None
-        out[rel] = (st.st_mode, st.st_size if not stat.S_ISDIR(st.st_mode) else 0,
-                    st.st_mtime_ns, link)
+        is_dir = stat.S_ISDIR(st.st_mode)     # a directory's entries are recorded instead
+        out[rel] = (st.st_mode, 0 if is_dir else st.st_size, 0 if is_dir else st.st_mtime_ns,
+                    link)
         if stat.S_ISDIR(st.st_mode) and st.st_dev == dev:
             try:
                 names = sorted(os.listdir(path))
