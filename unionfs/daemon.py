@@ -81,7 +81,8 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
         else:
             print(f"pyunion: {msg}", file=sys.stderr)
         return 1
-    warning = record_daemon(record, cfg.target)
+    warning = record_daemon(record, cfg.target,
+                            [x for x in (cfg.upper, *cfg.lowers, cfg.workdir) if x])
     if warning:
         log.warning("%s", warning)
     if ready_fd is not None:

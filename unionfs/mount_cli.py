@@ -12,6 +12,14 @@ import time
 from pathlib import Path
 
 from unionfs import __version__
+from unionfs.mountinfo import (
+    FUSECTL,
+    fuse_connection,
+    mount_point_path,
+    mounts,
+    namespaces_holding,
+    top_mount,
+)
 from unionfs.options import MountConfig, UsageError, parse_compat_args, parse_mount_args
 
 
@@ -37,17 +45,8 @@ def _inside(a: str, b: str) -> bool:
 
 
 def mount_table() -> list[tuple[str, str]]:
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-")
-            out.append((_unescape(fields[4]), fields[sep + 1]))
-    return out
-
-
-def _unescape(s: str) -> str:
-    return s.encode().decode("unicode_escape") if "\\" in s else s
+    """(mount point, fstype) of every mount in our namespace."""
+    return [(m.mountpoint, m.fstype) for m in mounts()]
 
 
 def _existing_ancestor(path: str) -> str:
@@ -178,20 +177,24 @@ def _state_dir() -> Path:
 
 
 def pid_file(target: str) -> Path:
-    return _state_dir() / (hashlib.sha256(os.path.realpath(target).encode()).hexdigest()[:24]
-                           + ".json")
+    """The daemon record of a mount on TARGET, an absolute resolved path (not resolved here:
+    resolving a mount point would ask its daemon)."""
+    return _state_dir() / (hashlib.sha256(target.encode()).hexdigest()[:24] + ".json")
 
 
-def record_daemon(pf: Path, target: str) -> str | None:
+def record_daemon(pf: Path, target: str, layers: list[str] | None = None) -> str | None:
     """Let `pyunion umount` find and wait for this daemon; the mount works without it.
 
     `pf` is computed before the mount exists: resolving a path through a mount that is not yet
-    served would wait on ourselves. Returns a warning to show when the record cannot be written."""
+    served would wait on ourselves. LAYERS (upper, lowers, work directory) say whose mount it is
+    (a snapshot store's unmount touches only its own). Returns a warning to show when the
+    record cannot be written."""
     try:
         pf.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = pf.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"pid": os.getpid(), "target": target,
-                                   "start": _start_time(os.getpid())}))
+                                   "start": _start_time(os.getpid()),
+                                   "layers": layers or []}))
         tmp.replace(pf)
     except OSError as e:
         return f"cannot record the daemon's pid in {pf}: {e.strerror}"
@@ -337,6 +340,17 @@ def _pid_alive(pid: int, start: int | None) -> bool:
     return start is None or int(fields[19]) == start
 
 
+def daemon_record(target: str) -> dict | None:
+    """The record of the live daemon serving TARGET (resolved path), or None."""
+    try:
+        rec = json.loads(pid_file(target).read_text())
+        if not _pid_alive(int(rec["pid"]), rec.get("start")):
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return rec
+
+
 def _find_daemon(target: str) -> tuple[int, int | None] | None:
     pf = pid_file(target)
     try:
@@ -347,26 +361,100 @@ def _find_daemon(target: str) -> tuple[int, int | None] | None:
     return (pid, start) if _pid_alive(pid, start) else None
 
 
-def unmount(target: str, lazy: bool = False, timeout: float = 30.0) -> None:
-    rtarget = os.path.realpath(target)
-    if not any(m == rtarget and t.startswith("fuse") for m, t in mount_table()):
+FUSERMOUNT_TIMEOUT_S = 10.0   # fusermount3 never needs the daemon; the bound is for safety
+STOPPED_GRACE_S = 2.0         # how long a stopped daemon gets to be continued by someone else
+
+
+def _proc_state(pid: int) -> str | None:
+    fields = _proc_stat(pid)
+    return fields[0] if fields else None
+
+
+def abort_connection(conn: str) -> bool:
+    """Abort FUSE connection CONN (/sys/fs/fuse/connections/CONN/abort): every request waiting
+    on it fails with ENOTCONN and the mount lets go. When fusectl is not mounted, root mounts it
+    in a private mount namespace of a child (the host's mount table is not changed)."""
+    path = f"{FUSECTL}/{conn}/abort"
+    try:
+        with open(path, "w") as f:
+            f.write("1")
+        return True
+    except OSError:
+        pass
+    if os.geteuid() != 0:
+        return False
+    script = (f"mount -t fusectl fusectl {FUSECTL} 2>/dev/null; "
+              f"test -e {path} && echo 1 > {path}")
+    try:
+        r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                           capture_output=True, timeout=FUSERMOUNT_TIMEOUT_S, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0
+
+
+def unmount(target: str, lazy: bool = False, timeout: float = 30.0) -> list[str]:
+    """Unmount a pyunion mount and wait (bounded) for its daemon; return warnings to show.
+
+    The mount is never stat()ed: a stopped or hung daemon would block us in the kernel. When
+    the daemon cannot finish (stopped, or the mount is still used in another mount namespace)
+    this says so at once instead of waiting; a connection that stays alive with no daemon able
+    to serve it is aborted."""
+    rtarget = mount_point_path(target)
+    entry = top_mount(rtarget)
+    if entry is None or not entry.fstype.startswith("fuse"):
         raise MountError(f"{target} is not a pyunion mount")
+    conn = fuse_connection(entry) or ""
     daemon = _find_daemon(rtarget)
     cmd = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [rtarget]
-    r = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    try:
+        r = subprocess.run(cmd, check=False, capture_output=True, text=True,
+                           timeout=FUSERMOUNT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        aborted = abort_connection(conn)
+        raise MountError(f"fusermount3 did not finish within {FUSERMOUNT_TIMEOUT_S:.0f}s"
+                         + (f"; aborted FUSE connection {conn}" if aborted else "")) from None
     if r.returncode != 0:
         reason = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "fusermount3 failed"
         if "busy" in reason.lower():
-            raise MountError(f"{target} is busy (use -l for a lazy unmount)")
+            why = ""
+            if daemon and _proc_state(daemon[0]) in ("T", "t"):
+                why = f"; its daemon {daemon[0]} is stopped"
+            raise MountError(f"{target} is busy{why} (use -l for a lazy unmount)")
         raise MountError(reason.removeprefix("fusermount3: "))
+    warnings: list[str] = []
+    elsewhere = namespaces_holding(entry.dev)
+    if elsewhere:
+        pid, where = elsewhere[0]
+        who = f"daemon {daemon[0]}" if daemon else "its daemon"
+        raise MountError(f"unmounted {target} here, but the mount is still used in another "
+                         f"mount namespace (process {pid}, at {where}): {who} keeps serving it")
     if daemon is not None:
         pid, start = daemon
         deadline = time.monotonic() + timeout
+        stopped_since = None
         while _pid_alive(pid, start) and time.monotonic() < deadline:
+            if _proc_state(pid) in ("T", "t"):
+                stopped_since = stopped_since or time.monotonic()
+                if time.monotonic() - stopped_since > STOPPED_GRACE_S:
+                    break
+            else:
+                stopped_since = None
             time.sleep(0.01)
         if _pid_alive(pid, start):
-            raise MountError(f"daemon {pid} did not exit within {timeout:.0f}s after unmount")
+            state = _proc_state(pid)
+            aborted = abort_connection(conn)     # False: the connection is gone (or not ours)
+            what = "is stopped" if state in ("T", "t") else f"did not exit within {timeout:.0f}s"
+            if aborted:
+                warnings.append(f"daemon {pid} {what}: aborted FUSE connection {conn} "
+                                f"(requests still waiting on {target} fail)")
+            elif state in ("T", "t"):
+                warnings.append(f"unmounted {target}; daemon {pid} is stopped and exits when "
+                                f"continued (kill -CONT {pid})")
+            else:
+                raise MountError(f"daemon {pid} did not exit within {timeout:.0f}s after unmount")
     pid_file(rtarget).unlink(missing_ok=True)
+    return warnings
 
 
 def umount_main(args: list[str]) -> int:
@@ -382,7 +470,8 @@ def umount_main(args: list[str]) -> int:
     if len(rest) != 1:
         return _fail("usage: pyunion umount [-l] TARGET")
     try:
-        unmount(rest[0], lazy=lazy)
+        for w in unmount(rest[0], lazy=lazy):
+            print(f"pyunion: warning: {w}", file=sys.stderr)
     except MountError as e:
         return _fail(str(e))
     return 0
