@@ -13,13 +13,15 @@ from pathlib import Path
 
 from snapshotter.cli_args import Parser as _Parser
 from snapshotter.cli_args import UsageError, split_root
-from snapshotter.errors import NotFound, SnapshotterError
+from snapshotter.errors import FailedPrecondition, NotFound, SnapshotterError
 from snapshotter.snapshots import (
     Info,
     Mount,
     Snapshotter,
     default_root,
+    mount_fstype,
     mount_snapshot,
+    store_owns_mount,
     unmount,
 )
 
@@ -122,8 +124,13 @@ def _emit_labels(labels: dict[str, str], fmt: str) -> None:
 
 def run(args: argparse.Namespace, root: Path) -> int:
     verb = args.verb
-    if verb in ("umount", "unmount"):  # needs no store
-        unmount(Path(args.target))
+    if verb in ("umount", "unmount"):
+        target = Path(args.target)
+        if mount_fstype(target) is None:
+            raise FailedPrecondition(f"nothing is mounted on {target}")
+        if not store_owns_mount(root, target):
+            raise FailedPrecondition(f"{target} is not a mount of the snapshot store at {root}")
+        unmount(target)
         return 0
     if verb not in ("prepare", "view") and not (root / "metadata.db").exists():
         return _no_store(args, root)  # never create a store just to look into it
