@@ -48,6 +48,7 @@ from snapshotter.snapshots import Kind, Snapshotter
 from snapshotter.sqlite_db import open_db
 
 IMAGE_LABEL = "pyunion.image"          # on an active snapshot: the image it was prepared from
+LAYER_LABEL = "pyunion.diff_id"        # on a committed snapshot unpacked from an image layer
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
     name            TEXT PRIMARY KEY,
@@ -377,7 +378,7 @@ class ImageStore:
                                  f"{res.diff_id} does not match diff_id {diff_id}")
             self.notes += [f"layer {index}: {n}" for n in res.notes]
             try:
-                self.snapshots.commit(chain, key, labels={"pyunion.diff_id": diff_id})
+                self.snapshots.commit(chain, key, labels={LAYER_LABEL: diff_id})
             except AlreadyExists:
                 self.snapshots.remove(key)
                 return False
@@ -420,6 +421,26 @@ class ImageStore:
             for b in rec.blobs:
                 if b not in used_blobs:
                     self.content.delete(b)
+
+    def collect_layers(self) -> list[str]:
+        """Remove image layers that no image uses and no snapshot builds on (e.g. an image
+        removed while a container ran on it): committed snapshots carrying LAYER_LABEL only,
+        children before parents. Returns the ChainIDs removed."""
+        removed: list[str] = []
+        with self._lock():
+            used, _ = self._others("")
+            while True:
+                infos = list(self.snapshots.walk())
+                parents = {i.parent for i in infos}
+                doomed = [i.name for i in infos if i.kind is Kind.COMMITTED
+                          and LAYER_LABEL in i.labels and i.name not in used
+                          and i.name not in parents]
+                if not doomed:
+                    return removed
+                for chain in doomed:
+                    with contextlib.suppress(NotFound, FailedPrecondition):
+                        self.snapshots.remove(chain)
+                        removed.append(chain)
 
     # -- export -----------------------------------------------------------------------------------
     def export(self, name: str, path, fmt: str = "oci") -> None:

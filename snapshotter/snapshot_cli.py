@@ -183,6 +183,10 @@ def run(args: argparse.Namespace, root: Path) -> int:
             _emit_labels(info.labels, args.format)
         elif verb == "cleanup":
             sn.cleanup()
+            if (root / "images.db").exists():   # layers of removed images nothing uses now
+                from snapshotter.images import ImageStore
+                with ImageStore(root) as store:
+                    store.collect_layers()
         elif verb == "mount":
             mount_snapshot(sn.mounts(args.key), Path(args.target))
     return 0
