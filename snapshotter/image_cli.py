@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from snapshotter.cli_args import Parser as _Parser
-from snapshotter.cli_args import UsageError, split_root
-from snapshotter.errors import SnapshotterError
+from snapshotter.cli_args import UsageError, check_root, split_root
+from snapshotter.errors import NotFound, SnapshotterError
 from snapshotter.images import ImageRecord, ImageStore
 from snapshotter.progress import Progress, human
 from snapshotter.store_paths import default_store_root
@@ -67,6 +67,9 @@ def inspect_data(store: ImageStore, rec: ImageRecord) -> dict:
 
 
 def run(args: argparse.Namespace, root: Path) -> int:
+    check_root(root)
+    if args.verb != "import" and not (root / "images.db").exists():
+        return _no_store(args, root)   # never create a store just to look into it
     progress = Progress()
     with ImageStore(root, progress=progress) as store:
         v = args.verb
@@ -108,6 +111,23 @@ def run(args: argparse.Namespace, root: Path) -> int:
     return 0
 
 
+def _no_store(args: argparse.Namespace, root: Path) -> int:
+    if args.verb in ("ls", "list"):
+        if args.format == "json" and not args.quiet:
+            print("[]")
+        elif not args.quiet:
+            print("NAME  MANIFEST  LAYERS  SIZE  CREATED")
+        return 0
+    what = {"inspect": args.__dict__.get("name"), "export": args.__dict__.get("name"),
+            "rm": (args.__dict__.get("names") or [None])[0],
+            "remove": (args.__dict__.get("names") or [None])[0]}.get(args.verb)
+    if what is not None:
+        raise NotFound(f"image {what!r} not found (no image store at {root})")
+    if args.verb == "commit":
+        raise NotFound(f"snapshot {args.key!r} does not exist (no image store at {root})")
+    raise NotFound(f"no image store at {root}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -123,8 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     except SnapshotterError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
-    except (OSError, sqlite3.Error) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+    except OSError as e:
+        print(f"{PROG}: error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}",
+              file=sys.stderr)
+        return 1
+    except sqlite3.Error as e:
+        print(f"{PROG}: error: metadata database: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

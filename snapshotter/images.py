@@ -450,9 +450,11 @@ class ImageStore:
         if fmt not in ("oci", "docker-archive"):
             raise InvalidArgument(f"unknown export format {fmt!r} (oci or docker-archive)")
         rec = self.resolve(name)
-        path = Path(path)
+        path = Path(path).absolute()
         if path.exists() and not (path.is_dir() and not any(path.iterdir())):
             raise AlreadyExists(f"{path} already exists")
+        if not path.parent.is_dir():
+            raise NotFound(f"directory {path.parent} does not exist")
         for b in rec.blobs:
             if not self.content.has(b):
                 raise ImageError(f"image {name!r} is missing blob {b}")
@@ -698,7 +700,6 @@ def _write_tar_atomic(path: Path, files: dict[str, bytes | Path], progress: Prog
 
 
 def _write_dir_atomic(path: Path, files: dict[str, bytes | Path], progress: Progress) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         for rel, v in sorted(files.items()):

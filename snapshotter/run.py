@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from snapshotter import conversion
-from snapshotter.cli_args import UsageError
+from snapshotter.cli_args import UsageError, check_root
 from snapshotter.errors import AlreadyExists, NotFound, SnapshotterError
 from snapshotter.runtime import rootless
 from snapshotter.runtime import syscalls as sc
@@ -109,6 +109,9 @@ def run(a: argparse.Namespace) -> int:
     key = f"run-{cid}"
     code = 1
     check_container_name(cid)
+    check_root(root)
+    if not (root / "images.db").exists():     # a run never creates a store
+        raise NotFound(f"image {a.image!r} not found (no image store at {root})")
     with ImageStore(root) as store:
         rec = store.resolve(a.image)
         _claim(bundle, cid)
@@ -288,8 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     except (SnapshotterError, ContainerError) as e:
         print(f"pyunion run: {e}", file=sys.stderr)
         return 125
-    except FileExistsError as e:
-        print(f"pyunion run: container {os.path.basename(e.filename or '')} already exists",
+    except OSError as e:
+        print(f"pyunion run: {e.strerror or e}{f': {e.filename}' if e.filename else ''}",
               file=sys.stderr)
         return 125
     except KeyboardInterrupt:

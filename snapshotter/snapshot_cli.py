@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from snapshotter.cli_args import Parser as _Parser
-from snapshotter.cli_args import UsageError, split_root
+from snapshotter.cli_args import UsageError, check_root, split_root
 from snapshotter.errors import FailedPrecondition, NotFound, SnapshotterError
 from snapshotter.snapshots import (
     Info,
@@ -123,6 +123,7 @@ def _emit_labels(labels: dict[str, str], fmt: str) -> None:
 
 
 def run(args: argparse.Namespace, root: Path) -> int:
+    check_root(root)
     verb = args.verb
     if verb in ("umount", "unmount"):
         target = Path(args.target)

@@ -229,6 +229,15 @@ def updated_labels(current: dict[str, str], given: dict[str, str],
     return validate_labels(new)
 
 
+def check_key(key: str, what: str = "key") -> None:
+    """A snapshot key or name: not empty, no control characters (a newline would forge lines
+    in every listing)."""
+    if not key:
+        raise InvalidArgument(f"snapshot {what} must not be empty")
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        raise InvalidArgument(f"snapshot {what} {key!r} contains a control character")
+
+
 # ---------------------------------------------------------------- disk usage -------------------
 
 def disk_usage(path: Path) -> Usage:
@@ -350,8 +359,7 @@ class Snapshotter:
         return self._create(Kind.VIEW, key, parent, labels)
 
     def _create(self, kind: Kind, key: str, parent: str, labels: dict | None) -> list[Mount]:
-        if not key:
-            raise InvalidArgument("snapshot key must not be empty")
+        check_key(key, "key")
         labels = validate_labels(labels)
         with self._db.write() as tx:
             if tx.get(key) is not None:
@@ -383,8 +391,7 @@ class Snapshotter:
             return self._mounts(tx, self._need(tx, key))
 
     def commit(self, name: str, key: str, labels: dict | None = None) -> None:
-        if not name:
-            raise InvalidArgument("snapshot name must not be empty")
+        check_key(name, "name")
         labels = validate_labels(labels)
         with self._db.read() as tx:
             row = self._check_committable(tx, name, key)
