@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -146,12 +147,10 @@ def _make_dirs(path: str) -> list[str]:
 
 
 def undo_created(made: list[str]) -> None:
-    """Remove the (still empty) directories a refused mount made."""
-    for d in reversed(made):
-        try:
-            os.rmdir(d)
-        except OSError:
-            break
+    """Remove the directories a refused mount made (outermost first in MADE: it did not exist
+    before this command, so all it holds is this mount attempt's, e.g. the union's work/)."""
+    if made:
+        shutil.rmtree(made[0], ignore_errors=True)
 
 
 def _host_uid() -> int:
