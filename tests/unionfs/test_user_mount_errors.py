@@ -59,3 +59,22 @@ def test_target_the_user_does_not_own_refused_with_fusermount3s_reason(user, tmp
     assert r.returncode == 1
     assert "fuse_session_mount failed" not in line and "no write access" in line, line
     w.assert_unchanged()
+
+
+@pytest.mark.parametrize("xdg", [True, False])
+def test_user_pid_record_is_where_the_readme_says(user, xdg):
+    """README: `$XDG_RUNTIME_DIR/pyunion/mounts/`, else `/tmp/pyunion-UID/pyunion/mounts/`."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    b = _layers(user, f"rec{int(xdg)}")
+    runtime = user.home / "xdg-runtime"
+    user.run(["mkdir", "-p", "-m", "700", str(runtime)])
+    env = user.env(XDG_RUNTIME_DIR=str(runtime)) if xdg else user.env()
+    where = (runtime if xdg else Path(f"/tmp/pyunion-{user.uid}")) / "pyunion" / "mounts"
+    said = "`$XDG_RUNTIME_DIR/pyunion/mounts/`" if xdg else "`/tmp/pyunion-UID/pyunion/mounts/`"
+    assert said in readme
+    user.pyunion("mount", f"{b / 'u'}:{b / 'l'}", str(b / "m"), env=env)
+    try:
+        records = list(where.glob("*.json"))
+        assert any(str(b / "m") in p.read_text() for p in records), (where, records)
+    finally:
+        user.pyunion("umount", str(b / "m"), env=env, check=False)
