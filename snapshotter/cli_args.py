@@ -43,3 +43,8 @@ def check_root(root: Path) -> Path:
     if root.exists() and not root.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "store root is not a directory", str(root))
     return root
+
+
+def os_message(e: OSError) -> str:
+    """An OSError as a CLI says it: the reason and the file, without '[Errno N]'."""
+    return f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}"

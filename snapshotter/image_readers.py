@@ -193,6 +193,9 @@ class TarSource(Source):
             self.members: dict[str, tarfile.TarInfo] = {}
             for m in self.tf:
                 self.members[posixpath.normpath(m.name.removeprefix("./"))] = m
+        except tarfile.ReadError:
+            raise ImageError(f"{path} is not an image directory or tar archive (plain, gzip, "
+                             "bzip2 or xz)") from None
         except (tarfile.TarError, EOFError, OSError) as e:
             raise ImageError(f"cannot read archive {path}: {e}") from None
 

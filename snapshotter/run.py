@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from snapshotter import conversion
-from snapshotter.cli_args import UsageError, check_root
+from snapshotter.cli_args import UsageError, check_root, os_message
 from snapshotter.errors import AlreadyExists, NotFound, SnapshotterError
 from snapshotter.runtime import rootless
 from snapshotter.runtime import syscalls as sc
 from snapshotter.runtime.errors import ContainerError
 from snapshotter.runtime.lifecycle import Runtime
 from snapshotter.runtime.state import proc_start_time
+from unionfs.messages import one_line
 
 USAGE = ("pyunion run [--rm] [--name ID] [--commit NAME] [-e K=V] [-w DIR] [-u USER] "
          "[--hostname H] [--root DIR] IMAGE [CMD ARGS...]")
@@ -265,14 +266,13 @@ def rm_main(argv: list[str]) -> int:
                 raise NotFound(f"no container {cid}")
             print(cid)
     except UsageError as e:
-        print(f"pyunion rm: {e} (usage: {RM_USAGE})", file=sys.stderr)
+        print(f"pyunion rm: {one_line(str(e))} (usage: {RM_USAGE})", file=sys.stderr)
         return 2
     except (SnapshotterError, ContainerError) as e:
-        print(f"pyunion rm: {e}", file=sys.stderr)
+        print(f"pyunion rm: {one_line(str(e))}", file=sys.stderr)
         return 1
     except OSError as e:
-        print(f"pyunion rm: {e.strerror or e}{f': {e.filename}' if e.filename else ''}",
-              file=sys.stderr)
+        print(f"pyunion rm: {one_line(os_message(e))}", file=sys.stderr)
         return 1
     return 0
 
@@ -286,14 +286,13 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("an IMAGE is required")
         return run(a)
     except UsageError as e:
-        print(f"pyunion run: {e} (usage: {USAGE})", file=sys.stderr)
+        print(f"pyunion run: {one_line(str(e))} (usage: {USAGE})", file=sys.stderr)
         return 2
     except (SnapshotterError, ContainerError) as e:
-        print(f"pyunion run: {e}", file=sys.stderr)
+        print(f"pyunion run: {one_line(str(e))}", file=sys.stderr)
         return 125
     except OSError as e:
-        print(f"pyunion run: {e.strerror or e}{f': {e.filename}' if e.filename else ''}",
-              file=sys.stderr)
+        print(f"pyunion run: {one_line(os_message(e))}", file=sys.stderr)
         return 125
     except KeyboardInterrupt:
         print("pyunion run: interrupted", file=sys.stderr)

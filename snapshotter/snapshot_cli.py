@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from snapshotter.cli_args import Parser as _Parser
-from snapshotter.cli_args import UsageError, check_root, split_root
+from snapshotter.cli_args import UsageError, check_root, os_message, split_root
 from snapshotter.errors import FailedPrecondition, NotFound, SnapshotterError
 from snapshotter.snapshots import (
     Info,
@@ -24,6 +24,7 @@ from snapshotter.snapshots import (
     store_owns_mount,
     unmount,
 )
+from unionfs.messages import one_line
 
 PROG = "pyunion snapshot"
 
@@ -215,18 +216,17 @@ def main(argv: list[str] | None = None) -> int:
             root = args.root
         return run(args, Path(root) if root else default_root())
     except UsageError as e:
-        print(f"{PROG}: {e} (see `{PROG} --help`)", file=sys.stderr)
+        print(f"{PROG}: {one_line(str(e))} (see `{PROG} --help`)", file=sys.stderr)
         return 2
     except SnapshotterError as e:
         kind = "" if type(e) is SnapshotterError else f"{_kind(e)}: "
-        print(f"{PROG}: {kind}{e}", file=sys.stderr)
+        print(f"{PROG}: {kind}{one_line(str(e))}", file=sys.stderr)
         return 1
     except sqlite3.Error as e:
-        print(f"{PROG}: metadata database: {e}", file=sys.stderr)
+        print(f"{PROG}: metadata database: {one_line(str(e))}", file=sys.stderr)
         return 1
     except OSError as e:
-        print(f"{PROG}: {e.strerror or e}{f': {e.filename}' if e.filename else ''}",
-              file=sys.stderr)
+        print(f"{PROG}: {one_line(os_message(e))}", file=sys.stderr)
         return 1
 
 

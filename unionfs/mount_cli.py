@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from unionfs import __version__
+from unionfs.messages import one_line
 from unionfs.mountinfo import (
     FUSECTL,
     fuse_connection,
@@ -30,7 +31,7 @@ class MountError(Exception):
 
 def _fail(msg: str, status: int = 1) -> int:
     """One line on stderr; status 1 for a refused operation, 2 for a bad command line."""
-    print(f"pyunion: {msg}", file=sys.stderr)
+    print(f"pyunion: {one_line(msg)}", file=sys.stderr)
     return 2 if msg.startswith("usage") else status
 
 
@@ -470,7 +471,7 @@ def umount_main(args: list[str]) -> int:
         return _fail("usage: pyunion umount [-l] TARGET")
     try:
         for w in unmount(rest[0], lazy=lazy):
-            print(f"pyunion: warning: {w}", file=sys.stderr)
+            print(f"pyunion: warning: {one_line(w)}", file=sys.stderr)
     except MountError as e:
         return _fail(str(e))
     return 0
