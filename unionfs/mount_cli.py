@@ -362,7 +362,7 @@ def _find_daemon(target: str) -> tuple[int, int | None] | None:
 
 
 FUSERMOUNT_TIMEOUT_S = 10.0   # fusermount3 never needs the daemon; the bound is for safety
-STOPPED_GRACE_S = 2.0         # how long a stopped daemon gets to be continued by someone else
+GRACE_S = 2.0   # how long a stopped daemon, or a copy of the mount elsewhere, may last first
 
 
 def _proc_state(pid: int) -> str | None:
@@ -391,6 +391,12 @@ def abort_connection(conn: str) -> bool:
     except (OSError, subprocess.TimeoutExpired):
         return False
     return r.returncode == 0
+
+
+def _elsewhere(target: str, holder: tuple[int, str], who: str) -> str:
+    pid, where = holder
+    return (f"unmounted {target} here, but the mount is still used in another mount namespace "
+            f"(process {pid}, at {where}): {who} keeps serving it")
 
 
 def unmount(target: str, lazy: bool = False, timeout: float = 30.0) -> list[str]:
@@ -423,36 +429,44 @@ def unmount(target: str, lazy: bool = False, timeout: float = 30.0) -> list[str]
             raise MountError(f"{target} is busy{why} (use -l for a lazy unmount)")
         raise MountError(reason.removeprefix("fusermount3: "))
     warnings: list[str] = []
-    elsewhere = namespaces_holding(entry.dev)
-    if elsewhere:
-        pid, where = elsewhere[0]
-        who = f"daemon {daemon[0]}" if daemon else "its daemon"
-        raise MountError(f"unmounted {target} here, but the mount is still used in another "
-                         f"mount namespace (process {pid}, at {where}): {who} keeps serving it")
-    if daemon is not None:
+    if daemon is None:
+        elsewhere = namespaces_holding(entry.dev)
+        if elsewhere:
+            raise MountError(_elsewhere(target, elsewhere[0], "its daemon"))
+    else:
         pid, start = daemon
         deadline = time.monotonic() + timeout
-        stopped_since = None
+        stopped_since = held_since = None
+        next_look = 0.0
         while _pid_alive(pid, start) and time.monotonic() < deadline:
+            now = time.monotonic()
             if _proc_state(pid) in ("T", "t"):
-                stopped_since = stopped_since or time.monotonic()
-                if time.monotonic() - stopped_since > STOPPED_GRACE_S:
+                stopped_since = stopped_since or now
+                if now - stopped_since > GRACE_S:
                     break
             else:
                 stopped_since = None
+            if now >= next_look:      # a namespace made just now may still be letting go
+                next_look = now + 0.2
+                elsewhere = namespaces_holding(entry.dev)
+                held_since = (held_since or now) if elsewhere else None
+                if elsewhere and now - held_since > GRACE_S:
+                    raise MountError(_elsewhere(target, elsewhere[0], f"daemon {pid}"))
+            if lazy and stopped_since is None and now > deadline - timeout + GRACE_S:
+                warnings.append(f"detached {target}; daemon {pid} keeps serving what still "
+                                "uses it and exits when that is done")
+                break
             time.sleep(0.01)
-        if _pid_alive(pid, start):
-            state = _proc_state(pid)
-            aborted = abort_connection(conn)     # False: the connection is gone (or not ours)
-            what = "is stopped" if state in ("T", "t") else f"did not exit within {timeout:.0f}s"
-            if aborted:
-                warnings.append(f"daemon {pid} {what}: aborted FUSE connection {conn} "
+        state = _proc_state(pid) if _pid_alive(pid, start) else None
+        if state in ("T", "t"):
+            if abort_connection(conn):      # False: the connection is gone (or not ours)
+                warnings.append(f"daemon {pid} is stopped: aborted FUSE connection {conn} "
                                 f"(requests still waiting on {target} fail)")
-            elif state in ("T", "t"):
+            else:
                 warnings.append(f"unmounted {target}; daemon {pid} is stopped and exits when "
                                 f"continued (kill -CONT {pid})")
-            else:
-                raise MountError(f"daemon {pid} did not exit within {timeout:.0f}s after unmount")
+        elif state is not None and not warnings:
+            raise MountError(f"daemon {pid} did not exit within {timeout:.0f}s after unmount")
     pid_file(rtarget).unlink(missing_ok=True)
     return warnings
 

@@ -108,3 +108,20 @@ def test_umount_with_the_mount_in_another_namespace_says_so_at_once(mnt) -> None
         holder.kill()
         holder.wait()
     assert wait_gone([pid]) == []   # the last mount went with the namespace: the daemon ends
+
+
+def test_lazy_umount_of_a_mount_in_use_detaches_and_leaves_the_daemon_serving(mnt) -> None:
+    """`-l` with a file open: detached at once, the file still reads (nothing aborted), and the
+    daemon exits once the file is closed."""
+    target, pid = mnt
+    f = open(target / "f")  # noqa: SIM115 - held open across the unmount
+    try:
+        r = pyunion("umount", "-l", str(target), check=False, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert "detached" in one_line(r)
+        assert not is_mounted(target)
+        assert f.read() == "x\n"
+        assert daemon_pids(target) == [pid]
+    finally:
+        f.close()
+    assert wait_gone([pid]) == []
