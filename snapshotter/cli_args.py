@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+from pathlib import Path
 
 
 class UsageError(Exception):
@@ -33,3 +35,16 @@ def split_root(argv: list[str]) -> tuple[str | None, list[str]]:
             rest.append(a)
         i += 1
     return root, rest
+
+
+def check_root(root: Path) -> Path:
+    """A store root given on the command line: a directory, or nothing yet (a store is created
+    there only by commands that write)."""
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "store root is not a directory", str(root))
+    return root
+
+
+def os_message(e: OSError) -> str:
+    """An OSError as a CLI says it: the reason and the file, without '[Errno N]'."""
+    return f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}"

@@ -7,7 +7,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from snapshotter.errors import InvalidArgument, NotFound
+from snapshotter.errors import ImageError, InvalidArgument, NotFound
+from snapshotter.image_readers import validate_exec_config
 from snapshotter.runtime import rootless as rl
 from snapshotter.runtime import spec
 
@@ -92,6 +93,10 @@ def convert(image: dict[str, Any], *, args: list[str] | None = None,
     args replace Cmd (Entrypoint stays), env entries replace same-named ones, cwd and user
     replace WorkingDir and User. ROOTLESS = (uidMappings, gidMappings): a user namespace with
     them, as `runc spec --rootless` makes it."""
+    try:
+        validate_exec_config(image)   # stored before import checked the types
+    except ImageError as e:
+        raise InvalidArgument(str(e)) from None
     cfg = image.get("config") or {}
     entrypoint = list(cfg.get("Entrypoint") or [])
     command = entrypoint + (list(args) if args else list(cfg.get("Cmd") or []))

@@ -12,12 +12,14 @@ import sqlite3
 import sys
 from pathlib import Path
 
+from snapshotter import image_readers as ir
 from snapshotter.cli_args import Parser as _Parser
-from snapshotter.cli_args import UsageError, split_root
-from snapshotter.errors import SnapshotterError
-from snapshotter.images import ImageRecord, ImageStore
+from snapshotter.cli_args import UsageError, check_root, os_message, split_root
+from snapshotter.errors import NotFound, SnapshotterError
+from snapshotter.images import ImageRecord, ImageStore, check_name
 from snapshotter.progress import Progress, human
 from snapshotter.store_paths import default_store_root
+from unionfs.messages import one_line
 
 PROG = "pyunion image"
 
@@ -67,6 +69,14 @@ def inspect_data(store: ImageStore, rec: ImageRecord) -> dict:
 
 
 def run(args: argparse.Namespace, root: Path) -> int:
+    check_root(root)
+    if not (root / "images.db").exists():
+        if args.verb != "import":
+            return _no_store(args, root)   # never create a store just to look into it
+        if args.name is not None:
+            check_name(args.name)
+        with ir.open_source(args.path) as src:   # what is no image makes no store either
+            ir.read_image(src, args.platform, args.ref)
     progress = Progress()
     with ImageStore(root, progress=progress) as store:
         v = args.verb
@@ -108,23 +118,45 @@ def run(args: argparse.Namespace, root: Path) -> int:
     return 0
 
 
+def _no_store(args: argparse.Namespace, root: Path) -> int:
+    if args.verb in ("ls", "list"):
+        if args.format == "json" and not args.quiet:
+            print("[]")
+        elif not args.quiet:
+            print("NAME  MANIFEST  LAYERS  SIZE  CREATED")
+        return 0
+    what = {"inspect": args.__dict__.get("name"), "export": args.__dict__.get("name"),
+            "rm": (args.__dict__.get("names") or [None])[0],
+            "remove": (args.__dict__.get("names") or [None])[0]}.get(args.verb)
+    if what is not None:
+        raise NotFound(f"image {what!r} not found (no image store at {root})")
+    if args.verb == "commit":
+        raise NotFound(f"snapshot {args.key!r} does not exist (no image store at {root})")
+    raise NotFound(f"no image store at {root}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         root, rest = split_root(argv)
-        if not rest or rest[0] in ("-h", "--help"):
+        if not rest:
+            raise UsageError("a verb is required (import, ls, inspect, rm, export, commit)")
+        if rest[0] in ("-h", "--help"):
             _parser().print_help()
-            return 0 if rest else 2
+            return 0
         args = _parser().parse_args(rest)
         return run(args, Path(root) if root else default_store_root())
     except UsageError as e:
-        print(f"{PROG}: usage error: {e}", file=sys.stderr)
+        print(f"{PROG}: usage error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except SnapshotterError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(str(e))}", file=sys.stderr)
         return 1
-    except (OSError, sqlite3.Error) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+    except OSError as e:
+        print(f"{PROG}: error: {one_line(os_message(e))}", file=sys.stderr)
+        return 1
+    except sqlite3.Error as e:
+        print(f"{PROG}: error: metadata database: {one_line(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

@@ -193,6 +193,9 @@ class TarSource(Source):
             self.members: dict[str, tarfile.TarInfo] = {}
             for m in self.tf:
                 self.members[posixpath.normpath(m.name.removeprefix("./"))] = m
+        except tarfile.ReadError:
+            raise ImageError(f"{path} is not an image directory or tar archive (plain, gzip, "
+                             "bzip2 or xz)") from None
         except (tarfile.TarError, EOFError, OSError) as e:
             raise ImageError(f"cannot read archive {path}: {e}") from None
 
@@ -306,11 +309,48 @@ def validate_manifest(man: dict) -> None:
         layer_compression(d["mediaType"])
 
 
+# The execution parameters of an image config (image-spec config.md, `config`), by type; any of
+# them may also be null or absent.
+_STR_LIST = ("Env", "Entrypoint", "Cmd", "OnBuild", "Shell")
+_STRINGS = ("User", "WorkingDir", "StopSignal", "Hostname", "Domainname", "Image")
+_OBJECTS = ("ExposedPorts", "Volumes")
+
+
+def validate_exec_config(cfg: dict) -> None:
+    """Check the types of an image config's `config` object (what `pyunion run` reads), so a
+    wrong type is refused at import rather than failing a run later."""
+    ex = cfg.get("config")
+    if ex is None:
+        return
+    if not isinstance(ex, dict):
+        raise ImageError("image config field 'config' is not an object")
+    for k in _STR_LIST:
+        v = ex.get(k)
+        if v is not None and (not isinstance(v, list) or not all(isinstance(x, str) for x in v)):
+            raise ImageError(f"image config field config.{k} is not a list of strings")
+    for k in _STRINGS:
+        if ex.get(k) is not None and not isinstance(ex[k], str):
+            raise ImageError(f"image config field config.{k} is not a string")
+    for k in _OBJECTS:
+        if ex.get(k) is not None and not isinstance(ex[k], dict):
+            raise ImageError(f"image config field config.{k} is not an object")
+    labels = ex.get("Labels")
+    if labels is not None and (not isinstance(labels, dict)
+                               or not all(isinstance(v, str) for v in labels.values())):
+        raise ImageError("image config field config.Labels is not an object of strings")
+    feats = cfg.get("os.features")
+    if feats is not None and (not isinstance(feats, list)
+                              or not all(isinstance(x, str) for x in feats)):
+        raise ImageError("image config field os.features is not a list of strings")
+
+
 def validate_config(cfg: dict, n_layers: int) -> list[str]:
-    """Check the fields an image config must have; return its diff_ids."""
+    """Check the fields an image config must have, and the types of those it may have; return
+    its diff_ids."""
     for k in ("os", "architecture"):
         if not isinstance(cfg.get(k), str) or not cfg[k]:
             raise ImageError(f"image config field {k!r} is missing")
+    validate_exec_config(cfg)
     rootfs = cfg.get("rootfs")
     if not isinstance(rootfs, dict) or rootfs.get("type") != "layers":
         raise ImageError("image config rootfs.type must be 'layers'")
@@ -439,6 +479,8 @@ class _Reader:
             raise ImageError(f"manifest.json is not valid JSON: {e}") from None
         if not isinstance(entries, list) or not entries:
             raise ImageError("manifest.json holds no images")
+        if not all(isinstance(e, dict) for e in entries):
+            raise ImageError("manifest.json is not a list of image entries (objects)")
         if self.ref is not None:
             entries = [e for e in entries if isinstance(e, dict)
                        and self.ref in (e.get("RepoTags") or [])]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -47,6 +48,7 @@ from snapshotter.snapshots import Kind, Snapshotter
 from snapshotter.sqlite_db import open_db
 
 IMAGE_LABEL = "pyunion.image"          # on an active snapshot: the image it was prepared from
+LAYER_LABEL = "pyunion.diff_id"        # on a committed snapshot unpacked from an image layer
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
     name            TEXT PRIMARY KEY,
@@ -55,6 +57,10 @@ CREATE TABLE IF NOT EXISTS images (
     diff_ids        TEXT NOT NULL,
     chain_ids       TEXT NOT NULL,
     created         TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS layer_diff_ids (
+    blob    TEXT PRIMARY KEY,   -- a layer blob's digest (verified when it was ingested)
+    diff_id TEXT NOT NULL       -- the digest of its uncompressed stream, as computed here
 );
 """
 
@@ -121,6 +127,11 @@ class _DB:
             raise
         self.conn.execute("COMMIT")
 
+    def diff_id_of(self, blob: str) -> str | None:
+        row = self.conn.execute("SELECT diff_id FROM layer_diff_ids WHERE blob = ?",
+                                (blob,)).fetchone()
+        return row[0] if row else None
+
     def rows(self, name: str | None = None) -> list[tuple]:
         q = "SELECT name, manifest_digest, config_digest, diff_ids, chain_ids, created FROM images"
         if name is None:
@@ -141,6 +152,7 @@ class ImageStore:
         self.db = _DB(self.root / "images.db")
         self.progress = progress or Progress(enabled=False)
         self.notes: list[str] = []      # neutralised/skipped layer entries of the last import
+        self._diff_ids: dict[str, str] = {}   # blob -> diff_id computed, stored with the record
 
     def close(self) -> None:
         self.db.close()
@@ -192,6 +204,9 @@ class ImageStore:
             c.execute("INSERT INTO images VALUES (?, ?, ?, ?, ?, ?)",
                       (rec.name, rec.manifest_digest, rec.config_digest, json.dumps(rec.diff_ids),
                        json.dumps(rec.chain_ids), rec.created))
+            c.executemany("INSERT OR REPLACE INTO layer_diff_ids VALUES (?, ?)",
+                          sorted(self._diff_ids.items()))
+        self._diff_ids = {}
 
     def _others(self, name: str) -> tuple[set[str], set[str]]:
         """Chain IDs and blobs used by every image except NAME."""
@@ -214,6 +229,7 @@ class ImageStore:
         if name is not None:
             check_name(name)
         self.notes = []
+        self._diff_ids = {}
         with self._lock():
             self._remove_stale_extractions()
             created_blobs: list[str] = []
@@ -306,9 +322,30 @@ class ImageStore:
             self.progress.next_layer()
             parent = chains[i - 1] if i else ""
             if self._committed(chains[i]):
+                # The store holds this ChainID, but this image's blob must still be the layer
+                # the config names: a manifest may pair any blob with any diff_id.
+                self._verify_diff_id(desc, diff_ids[i], i)
                 continue
             if self._unpack_layer(desc, diff_ids[i], chains[i], parent, i):
                 created.append(chains[i])
+
+    def _verify_diff_id(self, desc: dict, diff_id: str, index: int) -> None:
+        """Check that the uncompressed stream of layer blob DESC is DIFF_ID. A blob's digest
+        fixes its bytes, so a pairing computed once (at unpack or here) is remembered."""
+        blob = desc["digest"]
+        got = self._diff_ids.get(blob) or self.db.diff_id_of(blob)
+        if got is None:
+            h = hashlib.sha256()
+            with ir.open_uncompressed(self.content.path(blob),
+                                      ir.layer_compression(desc["mediaType"])) as stream:
+                while chunk := stream.read(CHUNK):
+                    h.update(chunk)
+                    self.progress.add(len(chunk))
+            got = "sha256:" + h.hexdigest()
+            self._diff_ids[blob] = got
+        if got != diff_id:
+            raise ImageError(f"layer {index} ({blob}): uncompressed digest {got} does not match "
+                             f"diff_id {diff_id}")
 
     def _committed(self, chain: str) -> bool:
         try:
@@ -335,12 +372,13 @@ class ImageStore:
                                     on_bytes=self.progress.add)
             except ImageError as e:
                 raise ImageError(f"layer {index} ({desc['digest'][:19]}): {e}") from None
+            self._diff_ids[desc["digest"]] = res.diff_id
             if res.diff_id != diff_id:
                 raise ImageError(f"layer {index} ({desc['digest']}): uncompressed digest "
                                  f"{res.diff_id} does not match diff_id {diff_id}")
             self.notes += [f"layer {index}: {n}" for n in res.notes]
             try:
-                self.snapshots.commit(chain, key, labels={"pyunion.diff_id": diff_id})
+                self.snapshots.commit(chain, key, labels={LAYER_LABEL: diff_id})
             except AlreadyExists:
                 self.snapshots.remove(key)
                 return False
@@ -384,6 +422,26 @@ class ImageStore:
                 if b not in used_blobs:
                     self.content.delete(b)
 
+    def collect_layers(self) -> list[str]:
+        """Remove image layers that no image uses and no snapshot builds on (e.g. an image
+        removed while a container ran on it): committed snapshots carrying LAYER_LABEL only,
+        children before parents. Returns the ChainIDs removed."""
+        removed: list[str] = []
+        with self._lock():
+            used, _ = self._others("")
+            while True:
+                infos = list(self.snapshots.walk())
+                parents = {i.parent for i in infos}
+                doomed = [i.name for i in infos if i.kind is Kind.COMMITTED
+                          and LAYER_LABEL in i.labels and i.name not in used
+                          and i.name not in parents]
+                if not doomed:
+                    return removed
+                for chain in doomed:
+                    with contextlib.suppress(NotFound, FailedPrecondition):
+                        self.snapshots.remove(chain)
+                        removed.append(chain)
+
     # -- export -----------------------------------------------------------------------------------
     def export(self, name: str, path, fmt: str = "oci") -> None:
         """Write NAME as an OCI layout (a directory, or a tar when PATH ends in .tar) or, with
@@ -392,9 +450,11 @@ class ImageStore:
         if fmt not in ("oci", "docker-archive"):
             raise InvalidArgument(f"unknown export format {fmt!r} (oci or docker-archive)")
         rec = self.resolve(name)
-        path = Path(path)
+        path = Path(path).absolute()
         if path.exists() and not (path.is_dir() and not any(path.iterdir())):
             raise AlreadyExists(f"{path} already exists")
+        if not path.parent.is_dir():
+            raise NotFound(f"directory {path.parent} does not exist")
         for b in rec.blobs:
             if not self.content.has(b):
                 raise ImageError(f"image {name!r} is missing blob {b}")
@@ -497,6 +557,7 @@ class ImageStore:
         check_name(name)
         if compression not in ("gzip", "none"):
             raise InvalidArgument(f"unsupported layer compression {compression!r}")
+        self._diff_ids = {}
         with self._lock():
             info = self.snapshots.stat(key)
             if info.kind is not Kind.ACTIVE:
@@ -639,7 +700,6 @@ def _write_tar_atomic(path: Path, files: dict[str, bytes | Path], progress: Prog
 
 
 def _write_dir_atomic(path: Path, files: dict[str, bytes | Path], progress: Progress) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         for rel, v in sorted(files.items()):

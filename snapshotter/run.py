@@ -12,21 +12,26 @@ snapshot's upper directory into a new image, and --rm removes the snapshot.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from snapshotter import conversion
-from snapshotter.errors import SnapshotterError
+from snapshotter.cli_args import UsageError, check_root, os_message
+from snapshotter.errors import AlreadyExists, NotFound, SnapshotterError
 from snapshotter.runtime import rootless
 from snapshotter.runtime import syscalls as sc
 from snapshotter.runtime.errors import ContainerError
 from snapshotter.runtime.lifecycle import Runtime
+from snapshotter.runtime.state import proc_start_time
+from unionfs.messages import one_line
 
 USAGE = ("pyunion run [--rm] [--name ID] [--commit NAME] [-e K=V] [-w DIR] [-u USER] "
          "[--hostname H] [--root DIR] IMAGE [CMD ARGS...]")
@@ -34,7 +39,7 @@ USAGE = ("pyunion run [--rm] [--name ID] [--commit NAME] [-e K=V] [-w DIR] [-u U
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:
-        raise SnapshotterError(f"pyunion run: {message} (usage: {USAGE})")
+        raise UsageError(message)
 
 
 def _parser() -> _Parser:
@@ -48,8 +53,8 @@ def _parser() -> _Parser:
     p.add_argument("--hostname")
     p.add_argument("--root", help="store root (default /var/lib/pyunion; for a user "
                    "~/.local/share/pyunion)")
-    p.add_argument("image")
-    p.add_argument("cmd", nargs=argparse.REMAINDER)
+    p.add_argument("image", nargs="?")
+    p.add_argument("cmd", nargs=argparse.REMAINDER).required = False   # optional, unlike argparse's default
     return p
 
 
@@ -104,11 +109,19 @@ def run(a: argparse.Namespace) -> int:
     bundle = root / "runtime" / "bundles" / cid
     key = f"run-{cid}"
     code = 1
+    check_container_name(cid)
+    check_root(root)
+    if not (root / "images.db").exists():     # a run never creates a store
+        raise NotFound(f"image {a.image!r} not found (no image store at {root})")
     with ImageStore(root) as store:
         rec = store.resolve(a.image)
-        bundle.mkdir(parents=True)  # FileExistsError: that name is in use
+        _claim(bundle, cid)
         try:
             mounts = store.snapshots.prepare(key, rec.top, labels={IMAGE_LABEL: rec.name})
+        except AlreadyExists:
+            shutil.rmtree(bundle, ignore_errors=True)
+            raise SnapshotterError(f"container {cid} already exists (its snapshot {key} was "
+                                   f"kept): remove it with `pyunion rm {cid}`") from None
         except BaseException:
             shutil.rmtree(bundle, ignore_errors=True)
             raise
@@ -147,6 +160,7 @@ def run(a: argparse.Namespace) -> int:
                 shutil.rmtree(bundle, ignore_errors=True)
                 if a.rm or not ran:
                     store.snapshots.remove(key)
+                    store.collect_layers()   # its image may have been removed meanwhile
         if committed is not None:
             print(f"committed {committed.name} {committed.manifest_digest}", file=sys.stderr)
         elif ran and not a.rm:
@@ -154,17 +168,131 @@ def run(a: argparse.Namespace) -> int:
     return code
 
 
+RUN_RECORD = "pyunion-run.json"   # in the bundle: which `pyunion run` process owns it
+
+
+def check_container_name(cid: str) -> None:
+    if not cid or len(cid) > 128 or cid.startswith(".") \
+            or not all(c.isalnum() or c in "._-" for c in cid):
+        raise UsageError(f"invalid container name {cid!r} (letters, digits, '.', '_', '-')")
+
+
+def _claim(bundle: Path, cid: str) -> None:
+    """Make the bundle directory and record this process as its owner; a bundle already there
+    belongs to a live run, or to one that was killed (then `pyunion rm` cleans it up)."""
+    bundle.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        bundle.mkdir()
+    except FileExistsError:
+        owner = run_owner(bundle)
+        if owner is not None:
+            raise SnapshotterError(f"container {cid} is running (pyunion run, pid {owner})"
+                                   ) from None
+        raise SnapshotterError(f"container {cid} already exists, left by a pyunion run that "
+                               f"ended without cleaning up: remove it with `pyunion rm {cid}`"
+                               ) from None
+    (bundle / RUN_RECORD).write_text(json.dumps({"pid": os.getpid(),
+                                                 "start": proc_start_time(os.getpid())}))
+
+
+def run_owner(bundle: Path) -> int | None:
+    """The pid of the live `pyunion run` that owns BUNDLE, or None."""
+    try:
+        rec = json.loads((bundle / RUN_RECORD).read_text())
+        pid, start = int(rec["pid"]), rec["start"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return pid if start is not None and proc_start_time(pid) == start else None
+
+
+def remove_container(root: Path, cid: str, force: bool = False) -> bool:
+    """`pyunion rm`: whatever a run of container CID left (its runtime state and processes, the
+    union mount on its rootfs, the bundle, the run-CID snapshot); False if there was nothing."""
+    from snapshotter.snapshots import Snapshotter, mount_fstype, unmount
+    check_container_name(cid)
+    bundle = root / "runtime" / "bundles" / cid
+    runtime = Runtime(root / "runtime" / "state",
+                      warn=lambda m: print(f"pyunion rm: warning: {m}", file=sys.stderr))
+    owner = run_owner(bundle)
+    if owner is not None:
+        if not force:
+            raise SnapshotterError(f"container {cid} is running (pyunion run, pid {owner}): "
+                                   "stop it, or use `pyunion rm -f`")
+        with contextlib.suppress(ContainerError):
+            runtime.kill(cid, "KILL", all_=True)   # its pyunion run then cleans up and exits
+        deadline = time.monotonic() + RM_WAIT_S
+        while run_owner(bundle) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if run_owner(bundle) is not None:
+            raise SnapshotterError(f"pyunion run (pid {owner}) of container {cid} did not end "
+                                   f"within {RM_WAIT_S:.0f}s")
+    found = False
+    if cid in runtime.sd.ids():
+        found = True
+        runtime.delete(cid, force=True)
+    rootfs = bundle / "rootfs"
+    if mount_fstype(rootfs) is not None:
+        found = True
+        unmount(rootfs)
+    if bundle.exists():
+        found = True
+        shutil.rmtree(bundle)
+    if (root / "metadata.db").exists():
+        with Snapshotter(root) as sn:
+            try:
+                sn.remove(f"run-{cid}")
+                found = True
+            except NotFound:
+                pass
+    return found
+
+
+RM_WAIT_S = 30.0
+RM_USAGE = "pyunion rm [-f] [--root DIR] NAME..."
+
+
+def rm_main(argv: list[str]) -> int:
+    """`pyunion rm [-f] NAME...`: remove containers of `pyunion run` (docker rm's shape)."""
+    p = _Parser(prog="pyunion rm", usage=RM_USAGE)
+    p.add_argument("-f", "--force", action="store_true", help="also a running container")
+    p.add_argument("--root", help="store root")
+    p.add_argument("names", nargs="+")
+    try:
+        a = p.parse_args(argv)
+        from snapshotter.snapshots import default_root
+        root = Path(a.root) if a.root else default_root()
+        for cid in a.names:
+            if not remove_container(root, cid, a.force):
+                raise NotFound(f"no container {cid}")
+            print(cid)
+    except UsageError as e:
+        print(f"pyunion rm: {one_line(str(e))} (usage: {RM_USAGE})", file=sys.stderr)
+        return 2
+    except (SnapshotterError, ContainerError) as e:
+        print(f"pyunion rm: {one_line(str(e))}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"pyunion rm: {one_line(os_message(e))}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     old = signal.signal(signal.SIGTERM, _terminate)  # clean up on TERM outside the container
     try:
-        return run(_parser().parse_args(argv))
+        a = _parser().parse_args(argv)
+        if a.image is None:
+            raise UsageError("an IMAGE is required")
+        return run(a)
+    except UsageError as e:
+        print(f"pyunion run: {one_line(str(e))} (usage: {USAGE})", file=sys.stderr)
+        return 2
     except (SnapshotterError, ContainerError) as e:
-        print(f"pyunion run: {e}", file=sys.stderr)
+        print(f"pyunion run: {one_line(str(e))}", file=sys.stderr)
         return 125
-    except FileExistsError as e:
-        print(f"pyunion run: container {os.path.basename(e.filename or '')} already exists",
-              file=sys.stderr)
+    except OSError as e:
+        print(f"pyunion run: {one_line(os_message(e))}", file=sys.stderr)
         return 125
     except KeyboardInterrupt:
         print("pyunion run: interrupted", file=sys.stderr)

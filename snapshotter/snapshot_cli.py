@@ -12,16 +12,19 @@ import sys
 from pathlib import Path
 
 from snapshotter.cli_args import Parser as _Parser
-from snapshotter.cli_args import UsageError, split_root
-from snapshotter.errors import NotFound, SnapshotterError
+from snapshotter.cli_args import UsageError, check_root, os_message, split_root
+from snapshotter.errors import FailedPrecondition, NotFound, SnapshotterError
 from snapshotter.snapshots import (
     Info,
     Mount,
     Snapshotter,
     default_root,
+    mount_fstype,
     mount_snapshot,
+    store_owns_mount,
     unmount,
 )
+from unionfs.messages import one_line
 
 PROG = "pyunion snapshot"
 
@@ -121,9 +124,15 @@ def _emit_labels(labels: dict[str, str], fmt: str) -> None:
 
 
 def run(args: argparse.Namespace, root: Path) -> int:
+    check_root(root)
     verb = args.verb
-    if verb in ("umount", "unmount"):  # needs no store
-        unmount(Path(args.target))
+    if verb in ("umount", "unmount"):
+        target = Path(args.target)
+        if mount_fstype(target) is None:
+            raise FailedPrecondition(f"nothing is mounted on {target}")
+        if not store_owns_mount(root, target):
+            raise FailedPrecondition(f"{target} is not a mount of the snapshot store at {root}")
+        unmount(target)
         return 0
     if verb not in ("prepare", "view") and not (root / "metadata.db").exists():
         return _no_store(args, root)  # never create a store just to look into it
@@ -176,6 +185,10 @@ def run(args: argparse.Namespace, root: Path) -> int:
             _emit_labels(info.labels, args.format)
         elif verb == "cleanup":
             sn.cleanup()
+            if (root / "images.db").exists():   # layers of removed images nothing uses now
+                from snapshotter.images import ImageStore
+                with ImageStore(root) as store:
+                    store.collect_layers()
         elif verb == "mount":
             mount_snapshot(sn.mounts(args.key), Path(args.target))
     return 0
@@ -203,18 +216,17 @@ def main(argv: list[str] | None = None) -> int:
             root = args.root
         return run(args, Path(root) if root else default_root())
     except UsageError as e:
-        print(f"{PROG}: {e} (see `{PROG} --help`)", file=sys.stderr)
+        print(f"{PROG}: {one_line(str(e))} (see `{PROG} --help`)", file=sys.stderr)
         return 2
     except SnapshotterError as e:
         kind = "" if type(e) is SnapshotterError else f"{_kind(e)}: "
-        print(f"{PROG}: {kind}{e}", file=sys.stderr)
+        print(f"{PROG}: {kind}{one_line(str(e))}", file=sys.stderr)
         return 1
     except sqlite3.Error as e:
-        print(f"{PROG}: metadata database: {e}", file=sys.stderr)
+        print(f"{PROG}: metadata database: {one_line(str(e))}", file=sys.stderr)
         return 1
     except OSError as e:
-        print(f"{PROG}: {e.strerror or e}{f': {e.filename}' if e.filename else ''}",
-              file=sys.stderr)
+        print(f"{PROG}: {one_line(os_message(e))}", file=sys.stderr)
         return 1
 
 

@@ -34,6 +34,8 @@ from snapshotter.errors import (
     SnapshotterError,
 )
 from snapshotter.store import MetaStore, Row, Tx, from_micros, now_micros
+from unionfs.mount_cli import daemon_record
+from unionfs.mountinfo import mount_point_path, mounts, top_mount
 
 MAX_LABEL_BYTES = 4096  # containerd pkg/labels/validate.go: key + value
 MOUNT_TYPE = "fuse3.pyunion"
@@ -227,6 +229,15 @@ def updated_labels(current: dict[str, str], given: dict[str, str],
     return validate_labels(new)
 
 
+def check_key(key: str, what: str = "key") -> None:
+    """A snapshot key or name: not empty, no control characters (a newline would forge lines
+    in every listing)."""
+    if not key:
+        raise InvalidArgument(f"snapshot {what} must not be empty")
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        raise InvalidArgument(f"snapshot {what} {key!r} contains a control character")
+
+
 # ---------------------------------------------------------------- disk usage -------------------
 
 def disk_usage(path: Path) -> Usage:
@@ -348,8 +359,7 @@ class Snapshotter:
         return self._create(Kind.VIEW, key, parent, labels)
 
     def _create(self, kind: Kind, key: str, parent: str, labels: dict | None) -> list[Mount]:
-        if not key:
-            raise InvalidArgument("snapshot key must not be empty")
+        check_key(key, "key")
         labels = validate_labels(labels)
         with self._db.write() as tx:
             if tx.get(key) is not None:
@@ -381,8 +391,7 @@ class Snapshotter:
             return self._mounts(tx, self._need(tx, key))
 
     def commit(self, name: str, key: str, labels: dict | None = None) -> None:
-        if not name:
-            raise InvalidArgument("snapshot name must not be empty")
+        check_key(name, "name")
         labels = validate_labels(labels)
         with self._db.read() as tx:
             row = self._check_committable(tx, name, key)
@@ -474,21 +483,44 @@ def _rmtree(path: Path) -> None:
 
 # ---------------------------------------------------------------- mounting ---------------------
 
-def _unescape_mountinfo(s: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
-
-
 def mount_fstype(target: str | Path) -> str | None:
-    """Filesystem type of the topmost mount on `target`, None if nothing is mounted there."""
-    target = os.path.realpath(target)
-    found = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            parts = line.split()
-            sep = parts.index("-")
-            if _unescape_mountinfo(parts[4]) == target:
-                found = parts[sep + 1]
-    return found
+    """Filesystem type of the topmost mount on `target`, None if nothing is mounted there.
+    The mount point is never stat()ed (its daemon may be stopped)."""
+    m = top_mount(mount_point_path(str(target)))
+    return m.fstype if m else None
+
+
+def _within_store(path: str, snapshots_dir: Path) -> bool:
+    base = os.path.realpath(snapshots_dir)
+    return os.path.normpath(path).startswith(base.rstrip("/") + "/")
+
+
+def store_owns_mount(root: str | Path, target: str | Path) -> bool:
+    """The mount on TARGET is one of the snapshot store at ROOT: a pyunion union whose layers
+    (from its daemon's record) are all snapshot directories of ROOT, or a bind mount of one."""
+    snapshots_dir = Path(root).absolute() / "snapshots"
+    entry = top_mount(mount_point_path(str(target)))
+    if entry is None or not snapshots_dir.is_dir():
+        return False
+    if entry.fstype.startswith("fuse"):
+        rec = daemon_record(entry.mountpoint)
+        layers = (rec or {}).get("layers") or []
+        return bool(layers) and all(isinstance(x, str) and _within_store(x, snapshots_dir)
+                                    for x in layers)
+    # A bind mount: its root, in the terms of its filesystem, lies below the store's directory.
+    real = os.path.realpath(snapshots_dir)
+    if os.stat(real).st_dev != entry.st_dev:
+        return False
+    holder = None
+    for m in mounts():
+        below = real == m.mountpoint or real.startswith(m.mountpoint.rstrip("/") + "/")
+        if m.dev == entry.dev and below and (holder is None
+                                             or len(m.mountpoint) >= len(holder.mountpoint)):
+            holder = m
+    if holder is None:
+        return False
+    in_fs = os.path.normpath(os.path.join(holder.root, os.path.relpath(real, holder.mountpoint)))
+    return entry.root == in_fs or entry.root.startswith(in_fs.rstrip("/") + "/")
 
 
 def _run(cmd: list[str]) -> None:

@@ -18,6 +18,7 @@ usage: pyunion mount [-f] [-o OPT,...] UPPER:LOWER1[:LOWER2...] TARGET
        pyunion image import|ls|inspect|rm|export|commit ...
        pyunion snapshot prepare|view|commit|rm|info|ls|usage|mounts|label|cleanup|mount ...
        pyunion run [OPTIONS] IMAGE [CMD ARGS...]
+       pyunion rm [-f] NAME...   (what a `pyunion run --name NAME` left: container, mount, snapshot)
        pyunion runtime ...   (runc's command line; also the `pyunion-runtime` executable)
        pyunion demo [--keep]
        pyunion --version"""
@@ -25,9 +26,12 @@ usage: pyunion mount [-f] [-o OPT,...] UPPER:LOWER1[:LOWER2...] TARGET
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv:
+        print("pyunion: a command is required (see `pyunion --help`)", file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help", "help"):
         print(USAGE)
-        return 0 if argv else 2
+        return 0
     cmd, rest = argv[0], argv[1:]
     if cmd in ("--version", "-V"):
         print(f"pyunion {__version__}")
@@ -47,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "run":
         from snapshotter.run import main as run_main
         return run_main(rest)
+    if cmd == "rm":
+        from snapshotter.run import rm_main
+        return rm_main(rest)
     if cmd == "runtime":
         from snapshotter.runtime.cli import main as runtime_main
         return runtime_main(rest)

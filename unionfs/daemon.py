@@ -7,12 +7,15 @@ SIGTERM and SIGINT unmount and exit, like `pyunion umount`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import resource
 import sys
+import tempfile
+from collections.abc import Callable, Iterator
 
 import pyfuse3
 import trio
@@ -79,6 +82,39 @@ def raise_fd_limit() -> int:
     return soft
 
 
+@contextlib.contextmanager
+def _stderr_captured() -> Iterator[Callable[[], str]]:
+    """Collect what is written to fd 2 (by libfuse and the fusermount3 it runs) meanwhile;
+    it is passed on to the real stderr (the log) afterwards."""
+    with tempfile.TemporaryFile() as tmp:
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+
+        def said() -> str:
+            os.fsync(2)
+            tmp.seek(0)
+            return tmp.read().decode(errors="replace")
+        try:
+            yield said
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            data = tmp.read()
+            if data:
+                with contextlib.suppress(OSError):
+                    os.write(2, data)
+
+
+def _reason(text: str) -> str:
+    """fusermount3's (or libfuse's) own last line, without its program-name prefix."""
+    lines = [x.strip() for x in text.splitlines() if x.strip()]
+    for line in reversed(lines):
+        if line.startswith("fusermount3:"):
+            return line.removeprefix("fusermount3:").strip()
+    return lines[-1].removeprefix("fuse:").strip() if lines else ""
+
+
 def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
     """Mount and serve until unmounted or signalled; report readiness on ready_fd."""
     raise_fd_limit()
@@ -88,7 +124,12 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
                       gidmap=IdMap.parse(cfg.gidmapping) if cfg.gidmapping else None)
         ops = FuseOperations(UnionFilesystem(union, timeout=cfg.timeout))
         record = pid_file(cfg.target)
-        pyfuse3.init(ops, cfg.target, fuse_options(cfg))
+        with _stderr_captured() as said:
+            try:
+                pyfuse3.init(ops, cfg.target, fuse_options(cfg))
+            except RuntimeError as e:
+                # libfuse says only "fuse_session_mount failed"; fusermount3 said why.
+                raise RuntimeError(_reason(said()) or str(e)) from None
     except Exception as e:  # noqa: BLE001 - one line to the waiting parent, whatever went wrong
         msg = f"cannot mount {cfg.target}: {e}"
         if ready_fd is not None:
@@ -97,7 +138,8 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
         else:
             print(f"pyunion: {msg}", file=sys.stderr)
         return 1
-    warning = record_daemon(record, cfg.target)
+    warning = record_daemon(record, cfg.target,
+                            [x for x in (cfg.upper, *cfg.lowers, cfg.workdir) if x])
     if warning:
         log.warning("%s", warning)
     if ready_fd is not None:

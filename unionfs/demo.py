@@ -52,6 +52,11 @@ def build_layers(base: Path) -> tuple[Path, Path, Path]:
 
 
 def main(argv: list[str]) -> int:
+    unknown = [a for a in argv if a != "--keep"]
+    if unknown:
+        print(f"pyunion demo: unknown argument {unknown[0]!r} (usage: pyunion demo [--keep])",
+              file=sys.stderr)
+        return 2
     keep = "--keep" in argv
     base = Path(tempfile.mkdtemp(prefix="pyunion-demo-"))
     target = base / "merged"

@@ -8,6 +8,8 @@ Three spellings mount the same union:
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass, field
 
 # Options handed to the kernel/libfuse mount as they are.
@@ -17,6 +19,10 @@ FUSE_FLAGS = frozenset({
     "norelatime", "strictatime", "auto_unmount",
 })
 FUSE_VALUED = frozenset({"fsname", "subtype", "max_read"})
+# Options that must have a value, and ours that must not.
+VALUED = frozenset({"lowerdir", "upperdir", "workdir", "fsync", "timeout", "log", "uidmapping",
+                    "gidmapping", "xattr_permissions"}) | FUSE_VALUED
+FLAGS = frozenset({"volatile", "debug"}) | FUSE_FLAGS
 # Said by mount(8)/fstab, meaningless to us.
 MOUNT_NOISE = frozenset({"defaults", "auto", "noauto", "user", "users", "nouser", "_netdev",
                          "nofail", "nonempty", "default"})
@@ -47,6 +53,7 @@ class MountConfig:
     uidmapping: str | None = None
     gidmapping: str | None = None
     override: bool | None = None     # record owners in xattrs; None = when chown is out of reach
+    created: list[str] = field(default_factory=list)   # directories check() made (work dir)
     fuse_options: set[str] = field(default_factory=set)
     warnings: list[str] = field(default_factory=list)
 
@@ -62,7 +69,37 @@ def split_spec(spec: str) -> tuple[str | None, list[str]]:
         raise UsageError(f"layer spec {spec!r} needs UPPER:LOWER1[:LOWER2...] (empty UPPER = read-only)")
     if any(p == "" for p in parts[1:]):
         raise UsageError(f"layer spec {spec!r} has an empty lower directory")
+    parts = [_expand_tilde(p) for p in parts]
     return (parts[0] or None), parts[1:]
+
+
+def _expand_tilde(path: str) -> str:
+    """`~` or `~/x` at the start of a layer: the shell expands it only before the first ':'."""
+    if path == "~" or path.startswith("~/"):
+        return os.path.expanduser(path)
+    return path
+
+
+_BOOL = {"1": True, "on": True, "yes": True, "true": True,
+         "0": False, "off": False, "no": False, "false": False}
+
+
+def _bool(key: str, value: str) -> bool:
+    try:
+        return _BOOL[value.lower()]
+    except KeyError:
+        raise UsageError(f"option {key}={value!r}: want 0 or 1") from None
+
+
+def parse_timeout(value: str) -> float:
+    """Seconds the kernel may cache entries and attributes: a finite number >= 0."""
+    try:
+        t = float(value)
+    except ValueError:
+        raise UsageError(f"option timeout={value!r} is not a number") from None
+    if not math.isfinite(t) or t < 0:
+        raise UsageError(f"option timeout={value!r} must be a finite number of seconds >= 0")
+    return t
 
 
 def _apply_option(cfg: MountConfig, item: str, seen: dict[str, str]) -> None:
@@ -70,33 +107,42 @@ def _apply_option(cfg: MountConfig, item: str, seen: dict[str, str]) -> None:
     if not item:
         return  # podman sends ",," and trailing commas
     key, eq, value = item.partition("=")
+    if key in VALUED and not eq:
+        raise UsageError(f"option {key!r} needs a value ({key}=...)")
+    if key in FLAGS and eq:
+        raise UsageError(f"option {key!r} takes no value")
     if key in ("lowerdir", "upperdir", "workdir"):
         seen[key] = value
-    elif key in ("volatile",) or (key == "fsync" and value == "0"):
+    elif key == "volatile":
         cfg.fsync = False
     elif key == "fsync":
-        cfg.fsync = value not in ("0", "off", "no")
+        cfg.fsync = _bool(key, value)
     elif key == "timeout":
-        try:
-            cfg.timeout = float(value)
-        except ValueError:
-            raise UsageError(f"option timeout={value!r} is not a number") from None
+        cfg.timeout = parse_timeout(value)
     elif key == "log":
+        if not value:
+            raise UsageError("option log= needs a file name")
         cfg.log = value
     elif key in ("uidmapping", "gidmapping"):
         from unionfs.ownership import IdMap
         try:
             IdMap.parse(value)
         except ValueError as e:
-            raise UsageError(str(e)) from None
+            raise UsageError(f"option {key}: {e}") from None
         setattr(cfg, key, value)
     elif key == "xattr_permissions":
-        cfg.override = value not in ("0", "")
+        if value not in ("0", "1", "2"):
+            raise UsageError(f"option xattr_permissions={value!r}: want 0, 1 or 2")
+        cfg.override = value != "0"
     elif key == "debug":
         cfg.debug = True
-    elif key in FUSE_FLAGS and not eq:
+    elif key in FUSE_FLAGS:
         cfg.fuse_options.add(key)
-    elif key in FUSE_VALUED and eq:
+    elif key in FUSE_VALUED:
+        if key == "max_read" and not value.isdigit():
+            raise UsageError(f"option max_read={value!r} is not a number of bytes")
+        if key != "max_read" and (not value or any(c in value for c in ",\n\0")):
+            raise UsageError(f"option {key}={value!r} is not a valid name")
         cfg.fuse_options.add(item)
     elif key in MOUNT_NOISE or key.startswith("x-"):
         pass
@@ -107,6 +153,8 @@ def _apply_option(cfg: MountConfig, item: str, seen: dict[str, str]) -> None:
 
 
 def _finish(cfg: MountConfig, spec: str | None, seen: dict[str, str]) -> MountConfig:
+    if not cfg.target:
+        raise UsageError("the mount point is an empty string")
     if spec is not None:
         cfg.upper, cfg.lowers = split_spec(spec)
     if "lowerdir" in seen:

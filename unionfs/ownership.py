@@ -8,6 +8,7 @@ fuse-overlayfs's older name `user.fuseoverlayfs.override_stat` is read too.
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat
 from dataclasses import dataclass
@@ -86,6 +87,9 @@ def write_override(path: str, o: Override) -> None:
     os.setxattr(path, OVERRIDE_XATTR, o.encode(), follow_symlinks=False)
 
 
+MAX_ID = 2**32 - 2
+
+
 @dataclass(frozen=True)
 class IdMap:
     """fuse-overlayfs's uidmapping=/gidmapping=: CONTAINER:HOST:COUNT[:CONTAINER:HOST:COUNT...].
@@ -99,10 +103,23 @@ class IdMap:
     @classmethod
     def parse(cls, text: str) -> IdMap:
         nums = [p for p in text.split(":") if p != ""]  # podman writes a leading ':'
-        if len(nums) % 3 or not nums:
-            raise ValueError(f"id mapping {text!r} is not CONTAINER:HOST:COUNT[:...]")
+        if len(nums) % 3 or not nums or not all(x.isdigit() for x in nums):
+            raise ValueError(f"id mapping {text!r} is not CONTAINER:HOST:COUNT[:...] "
+                             "(non-negative numbers)")
         vals = [int(x) for x in nums]
-        return cls(tuple((vals[i], vals[i + 1], vals[i + 2]) for i in range(0, len(vals), 3)))
+        ranges = tuple((vals[i], vals[i + 1], vals[i + 2]) for i in range(0, len(vals), 3))
+        for cont, host, count in ranges:
+            # Valid ids are 0 .. 2^32-2: (uid_t)-1 means "no change" to chown, as the kernel's
+            # uid_map refuses it too.
+            if count < 1 or cont + count > MAX_ID + 1 or host + count > MAX_ID + 1:
+                raise ValueError(f"id mapping {text!r}: range {cont}:{host}:{count} is empty "
+                                 f"or goes past the largest id {MAX_ID}")
+        for side, what in ((0, "container"), (1, "host")):
+            spans = sorted((r[side], r[side] + r[2]) for r in ranges)
+            for (_, end), (start, _) in itertools.pairwise(spans):
+                if start < end:
+                    raise ValueError(f"id mapping {text!r}: {what} ranges overlap")
+        return cls(ranges)
 
     def to_host(self, disk_id: int) -> int:
         for cont, host, count in self.ranges:

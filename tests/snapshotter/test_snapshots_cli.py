@@ -118,7 +118,7 @@ def test_mount_and_umount(tmp_path, target):
     snap("--root", root, "mount", "base-a", str(target))  # no parent: a bind mount
     assert is_mounted(target)
     (target / "hello").write_text("from base\n")
-    snap("umount", str(target))
+    snap("--root", root, "umount", str(target))
     assert not is_mounted(target)
     assert (tmp_path / "root" / "snapshots" / "1" / "fs" / "hello").read_text() == "from base\n"
     snap("--root", root, "commit", "base", "base-a")
@@ -130,7 +130,7 @@ def test_mount_and_umount(tmp_path, target):
         (target / "hello").write_text("changed\n")
         (target / "new").write_text("new\n")
     finally:
-        snap("umount", str(target))
+        snap("--root", root, "umount", str(target))
     assert not is_mounted(target)
     upper = tmp_path / "root" / "snapshots" / "2" / "fs"
     assert (upper / "hello").read_text() == "changed\n" and (upper / "new").exists()
@@ -142,7 +142,7 @@ def test_mount_and_umount(tmp_path, target):
         with pytest.raises(OSError):
             (target / "x").write_text("no")
     finally:
-        snap("umount", str(target))
+        snap("--root", root, "umount", str(target))
     assert "failed precondition" in fails("--root", root, "mount", "base", str(target))
     assert not is_mounted(target)
 

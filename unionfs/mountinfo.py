@@ -1,0 +1,100 @@
+"""The mount table (/proc/PID/mountinfo) and the FUSE control files, read without touching
+any mount: a path is never stat()ed here, so a stopped or dead FUSE daemon cannot block us."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+FUSECTL = "/sys/fs/fuse/connections"
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    mount_id: int
+    parent_id: int
+    dev: tuple[int, int]     # major, minor of the mounted filesystem
+    root: str                # the directory of that filesystem mounted here
+    mountpoint: str
+    fstype: str
+    source: str
+
+    @property
+    def st_dev(self) -> int:
+        return os.makedev(*self.dev)
+
+
+def _unescape(s: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
+
+
+def parse(text: str) -> list[MountEntry]:
+    out = []
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) < 7:
+            continue
+        sep = f.index("-")
+        major, minor = f[2].split(":")
+        out.append(MountEntry(int(f[0]), int(f[1]), (int(major), int(minor)), _unescape(f[3]),
+                              _unescape(f[4]), f[sep + 1], _unescape(f[sep + 2])))
+    return out
+
+
+def mounts(pid: int | str = "self") -> list[MountEntry]:
+    with open(f"/proc/{pid}/mountinfo") as f:
+        return parse(f.read())
+
+
+def top_mount(path: str, pid: int | str = "self") -> MountEntry | None:
+    """The topmost mount whose mount point is PATH (an absolute, resolved path), or None."""
+    found = None
+    for m in mounts(pid):
+        if m.mountpoint == path:
+            found = m
+    return found
+
+
+def mount_point_path(target: str) -> str:
+    """TARGET as the mount table spells it, without stat()ing TARGET itself: its parent is
+    resolved, its last component is not (a mount point's attributes come from its daemon)."""
+    absolute = os.path.abspath(target)
+    parent, base = os.path.split(absolute)
+    candidate = os.path.join(os.path.realpath(parent), base) if base else absolute
+    if any(m.mountpoint == candidate for m in mounts()):
+        return candidate
+    return os.path.realpath(absolute)
+
+
+def fuse_connection(entry: MountEntry) -> str | None:
+    """The /sys/fs/fuse/connections directory name of a FUSE mount (its device number)."""
+    if not entry.fstype.startswith("fuse"):
+        return None
+    return str(entry.st_dev)
+
+
+def namespaces_holding(dev: tuple[int, int]) -> list[tuple[int, str]]:
+    """Other mount namespaces with a mount of device DEV: (a pid inside, its mount point).
+
+    One pid per namespace; processes we may not inspect are skipped."""
+    try:
+        own = os.stat("/proc/self/ns/mnt").st_ino
+    except OSError:
+        own = None
+    seen: set[int] = set() if own is None else {own}
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            ns = os.stat(f"/proc/{entry}/ns/mnt").st_ino
+            if ns in seen:
+                continue
+            seen.add(ns)
+            held = [m.mountpoint for m in mounts(entry) if m.dev == dev]
+        except (OSError, ValueError):
+            continue
+        if held:
+            out.append((int(entry), held[0]))
+    return out
