@@ -23,7 +23,7 @@ import socket
 import subprocess  # noqa: F401  (imported before pivot_root; used by hooks)
 from typing import Any, NoReturn
 
-from snapshotter.runtime import hooks, mounts, spec
+from snapshotter.runtime import hooks, mounts, seccomp, spec
 from snapshotter.runtime import syscalls as sc
 from snapshotter.runtime.errors import ContainerError
 from snapshotter.runtime.state import OCI_VERSION
@@ -150,6 +150,8 @@ def _build(ch: Channel, config: dict, bundle: str, rootfs: str, statefd: int,
     with open("/proc/sys/kernel/cap_last_cap") as f:
         cap_last = int(f.read())
     setgroups = _setgroups_allowed()
+    # Compiled before pivot_root (libseccomp's tables live in the host's library), loaded last.
+    filt = seccomp.compile(linux["seccomp"]) if linux.get("seccomp") is not None else None
     mounts.pivot(rootfs)
     mounts.write_sysctl(linux.get("sysctl") or {})  # runc's order: before /proc/sys goes ro
     mounts.readonly_paths(linux.get("readonlyPaths") or [])
@@ -167,6 +169,9 @@ def _build(ch: Channel, config: dict, bundle: str, rootfs: str, statefd: int,
     if not here.startswith("/"):
         raise ContainerError(f"cwd {proc['cwd']} is outside the container root")
     exe = _lookup(proc["args"][0], env)
+    nnp = bool(proc.get("noNewPrivileges"))
+    if filt is not None and not nnp:
+        filt.load()  # without no_new_privs loading needs CAP_SYS_ADMIN: before caps drop
     _set_user(proc, cap_last, setgroups)
     ch.send(t="ready")
     ch.sock.close()
@@ -177,7 +182,7 @@ def _build(ch: Channel, config: dict, bundle: str, rootfs: str, statefd: int,
         os.write(fifo, b"0")
         hooks.run_hooks(spec.hooks(config, "startContainer"),
                         _hook_state(config, bundle, cid, "created"), cwd="/")
-        if proc.get("noNewPrivileges"):
+        if nnp:
             sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
         umask = (proc.get("user") or {}).get("umask")
         os.umask(0o022 if umask is None else umask)  # runc's default when unset
@@ -187,6 +192,8 @@ def _build(ch: Channel, config: dict, bundle: str, rootfs: str, statefd: int,
             except (OSError, ValueError):
                 pass
         os.closerange(3, fifo)
+        if filt is not None and nnp:
+            filt.load()  # as late as possible: the fewest syscalls run under the filter
         os.execve(exe, proc["args"], dict(e.split("=", 1) for e in env if "=" in e))
     except BaseException as e:  # noqa: BLE001 - tell `start`, which waits for EOF
         os.write(fifo, ("error: " + describe(e)).encode())

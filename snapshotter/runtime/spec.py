@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from snapshotter.runtime import seccomp
 from snapshotter.runtime import syscalls as sc
 from snapshotter.runtime.errors import ContainerError
 
@@ -69,7 +70,7 @@ PROPAGATION = {
 HOOK_NAMES = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart",
               "poststop")
 _SUPPORTED_RESOURCES = {"devices"}  # accepted, see README (runtime): not enforced by a cgroup
-_REFUSED_LINUX = ("seccomp", "intelRdt", "personality", "timeOffsets", "mountLabel")
+_REFUSED_LINUX = ("intelRdt", "personality", "timeOffsets", "mountLabel")
 _REFUSED_PROCESS = ("apparmorProfile", "selinuxLabel", "ioPriority", "scheduler", "execCPUAffinity")
 
 
@@ -304,6 +305,8 @@ def _validate_linux(config: dict, rootless: bool = False) -> None:
             raise ContainerError(f"config.json: linux.resources.{key} is not supported")
     if "cgroupsPath" in linux:
         _type(linux["cgroupsPath"], str, "linux.cgroupsPath")
+    if linux.get("seccomp") is not None:
+        seccomp.validate(linux["seccomp"])
     for key in _REFUSED_LINUX:
         if linux.get(key):
             raise ContainerError(f"config.json: linux.{key} is not supported")
