@@ -116,12 +116,15 @@ class Runtime:
                 os.chown(fifo, *spec.host_ids(config))
             except PermissionError:  # rootless, the process runs as a subordinate id
                 os.chmod(fifo, 0o622)
-            cg = cgroups.create(cid, (config.get("linux") or {}).get("cgroupsPath"))
-            if rootless_ and (config.get("linux") or {}).get("resources"):
+            linux = config.get("linux") or {}
+            resources = linux.get("resources") or {}
+            cg = cgroups.Cgroup.create(cid, linux.get("cgroupsPath"), resources,
+                                       rootless=rootless_)
+            if rootless_ and resources:
                 why = ("no cgroup is delegated to this user" if cg is None
-                       else "pyunion-runtime sets no cgroup limits")
+                       else "pyunion-runtime sets no cgroup limits rootless")
                 self.warn(f"linux.resources ignored: {why}, so no limits are applied")
-            st["cgroup"] = str(cg) if cg else None
+            st["cgroup"] = cg.to_state() if cg else None
             self.sd.write(st)
             parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)  # the init re-parents to us: run can wait
@@ -137,12 +140,19 @@ class Runtime:
                 ch = init.Channel(parent)
                 if cg:
                     try:
-                        cgroups.add(cg, pid_a)
+                        cg.add(pid_a)
                     except OSError as e:  # e.g. a delegated hierarchy we may not use
-                        self.warn(f"not tracking the container in cgroup {cg}: {e.strerror}")
-                        cgroups.remove(cg)
+                        if not rootless_:
+                            raise ContainerError(f"joining cgroup {cg.paths}: {e.strerror}") \
+                                from None
+                        self.warn(f"not tracking the container in cgroup {cg.paths}: "
+                                  f"{e.strerror}")
+                        cg.remove()
                         st["cgroup"] = None
                         self.sd.write(st)
+                    else:
+                        if not rootless_ and resources:
+                            cg.set(resources, self.warn)
                 ch.send(t="ok")
                 self._handshake(ch, st, pid_a, config)
             st["status"] = "created"
@@ -164,6 +174,10 @@ class Runtime:
             try:
                 msg = ch.recv()
             except ContainerError:
+                cg = cgroups.Cgroup.from_state(st.get("cgroup"))
+                if cg and cg.oom_kills():
+                    raise ContainerError("container init was OOM-killed (memory limit too "
+                                         "low?)") from None
                 raise ContainerError("container init exited before it was ready") from None
             t = msg.get("t")
             if t == "userns":
@@ -221,24 +235,27 @@ class Runtime:
                 except ProcessLookupError:
                     pass
             victims.append((p, start))
-        if st.get("cgroup"):
-            cgroups.kill_all(Path(st["cgroup"]), signal.SIGKILL)
+        cg = cgroups.Cgroup.from_state(st.get("cgroup"))
+        if cg:
+            cg.kill_all(signal.SIGKILL)
+            if cg.frozen():
+                cg.freeze(False)  # frozen tasks die only once thawed
         return victims
 
     def _destroy(self, st: dict[str, Any], extra: list[int] | tuple[int, ...] = ()) -> None:
         """Undo create: no process, cgroup or state directory is left."""
         for p, start in self._kill_everything(st, extra):
             _wait_gone(p, start)
-        if st.get("cgroup"):
-            cg = Path(st["cgroup"])
+        cg = cgroups.Cgroup.from_state(st.get("cgroup"))
+        if cg:
             deadline = time.monotonic() + 5
-            while cgroups.procs(cg) and time.monotonic() < deadline:
-                cgroups.kill_all(cg, signal.SIGKILL)
+            while cg.procs() and time.monotonic() < deadline:
+                cg.kill_all(signal.SIGKILL)
                 time.sleep(0.01)
             try:
-                cgroups.remove(cg)
+                cg.remove()
             except OSError as e:
-                self.warn(f"could not remove cgroup {cg}: {e.strerror}")
+                self.warn(f"could not remove cgroup {e.filename}: {e.strerror}")
         self.sd.remove(st["id"])
 
     # -- start ------------------------------------------------------------------------------
@@ -312,22 +329,28 @@ class Runtime:
     def pids(self, cid: str) -> list[int]:
         """Host pids in the container (its cgroup; without one, just the init)."""
         st = self.sd.read(cid)
-        if self.sd.status(st) not in ("created", "running"):
+        if self.sd.status(st) not in ("created", "running", "paused"):
             return []
-        if st.get("cgroup"):
-            return cgroups.procs(Path(st["cgroup"]))
-        return [st["pid"]]
+        cg = cgroups.Cgroup.from_state(st.get("cgroup"))
+        return cg.procs() if cg else [st["pid"]]
 
     def kill(self, cid: str, sig: str = "TERM", all_: bool = False) -> None:
         signum = parse_signal(sig)
         st = self.sd.read(cid)
         status = self.sd.status(st)
-        if status not in ("created", "running"):
+        if status not in ("created", "running", "paused"):
             if all_ and status == "stopped":
                 return  # as runc: nothing left to signal
             raise ContainerError("container not running")
-        if all_ and st.get("cgroup"):
-            cgroups.kill_all(Path(st["cgroup"]), signum)
+        cg = cgroups.Cgroup.from_state(st.get("cgroup"))
+        if all_ and cg:
+            paused = cg.frozen()
+            freeze = cg.can_freeze()
+            if freeze and not paused and signum == signal.SIGKILL:
+                cg.freeze(True)  # as runc: no fork escapes between listing and killing
+            cg.kill_all(signum)
+            if freeze and (signum == signal.SIGKILL or not paused):
+                cg.freeze(False)
         else:
             try:
                 os.kill(st["pid"], signum)
@@ -347,6 +370,48 @@ class Runtime:
         self._destroy(st)
         state = hook_state(st, "stopped", None)
         hooks.run_poststop(spec.hooks(st["config"], "poststop"), state, self.warn)
+
+    # -- cgroup operations -----------------------------------------------------------------
+    def _live_cgroup(self, cid: str) -> tuple[dict[str, Any], cgroups.Cgroup]:
+        st = self.sd.read(cid)
+        status = self.sd.status(st)
+        if status not in ("created", "running", "paused"):
+            raise ContainerError("container not running")
+        cg = cgroups.Cgroup.from_state(st.get("cgroup"))
+        if cg is None:
+            raise ContainerError("container has no cgroup (rootless without delegation)")
+        return st, cg
+
+    def update(self, cid: str, resources: dict[str, Any]) -> None:
+        """Write new limits into a running container's cgroup and remember them (runc merges
+        the given fields into the container's config)."""
+        spec._validate_resources(resources)
+        st, cg = self._live_cgroup(cid)
+        cg.set(resources, self.warn)
+        linux = st["config"].setdefault("linux", {})
+        merged = linux.setdefault("resources", {})
+        for key, value in resources.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key].update(value)
+            else:
+                merged[key] = value
+        self.sd.write(st)
+
+    def pause(self, cid: str) -> None:
+        st, cg = self._live_cgroup(cid)
+        if self.sd.status(st) != "running":
+            raise ContainerError("container not running")
+        cg.freeze(True)
+
+    def resume(self, cid: str) -> None:
+        st, cg = self._live_cgroup(cid)
+        if self.sd.status(st) != "paused":
+            raise ContainerError("container not paused")
+        cg.freeze(False)
+
+    def stats(self, cid: str) -> dict[str, Any]:
+        _, cg = self._live_cgroup(cid)
+        return {"type": "stats", "id": cid, "data": cgroups.stats(cg)}
 
     # -- run --------------------------------------------------------------------------------
     def run(self, cid: str, bundle: str, pid_file: str | None = None,
