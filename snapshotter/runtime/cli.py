@@ -242,17 +242,15 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 def _dispatch(cmd: str, a: argparse.Namespace, rt: Runtime) -> int:
     if cmd in ("create", "run"):
-        if a.console_socket:
-            raise ContainerError("--console-socket is not supported (process.terminal must be "
-                                 "false)")
         # --no-pivot (MS_MOVE + chroot in runc) and --no-new-keyring are accepted: we always
         # pivot_root (stronger) and never make a session keyring (docs/runtime.md).
         if a.preserve_fds:
             raise ContainerError("--preserve-fds is not supported")
         if cmd == "create":
-            rt.create(a.id, a.bundle, a.pid_file)
+            rt.create(a.id, a.bundle, a.pid_file, a.console_socket)
             return 0
-        return rt.run(a.id, a.bundle, a.pid_file, detach=a.detach)
+        return rt.run(a.id, a.bundle, a.pid_file, detach=a.detach,
+                      console_socket=a.console_socket)
     if cmd == "start":
         rt.start(a.id)
     elif cmd == "state":

@@ -23,7 +23,7 @@ import socket
 import subprocess  # noqa: F401  (imported before pivot_root; used by hooks)
 from typing import Any, NoReturn
 
-from snapshotter.runtime import hooks, mounts, seccomp, spec
+from snapshotter.runtime import console, hooks, mounts, seccomp, spec
 from snapshotter.runtime import syscalls as sc
 from snapshotter.runtime.errors import ContainerError
 from snapshotter.runtime.state import OCI_VERSION
@@ -62,7 +62,7 @@ def describe(e: BaseException) -> str:
 
 
 def stage_a(ch: Channel, config: dict[str, Any], bundle: str, rootfs: str,
-            statefd: int, cid: str) -> NoReturn:
+            statefd: int, cid: str, csock: socket.socket | None = None) -> NoReturn:
     try:
         ch.expect_ok()  # the runtime has put us in the container's cgroup
         nss = spec.namespaces(config)
@@ -88,7 +88,7 @@ def stage_a(ch: Channel, config: dict[str, Any], bundle: str, rootfs: str,
             sc.link_up("lo")  # a new network namespace has loopback only, up (as runc does)
         pid = os.fork()
         if pid == 0:
-            stage_b(ch, config, bundle, rootfs, statefd, cid)
+            stage_b(ch, config, bundle, rootfs, statefd, cid, csock)
         ch.send(t="pid", pid=pid)
         os._exit(0)
     except BaseException as e:  # noqa: BLE001 - anything must reach the runtime as one line
@@ -107,7 +107,7 @@ def _die_on_signal(signum: int, _frame: Any) -> None:
 
 
 def stage_b(ch: Channel, config: dict[str, Any], bundle: str, rootfs: str,
-            statefd: int, cid: str) -> NoReturn:
+            statefd: int, cid: str, csock: socket.socket | None = None) -> NoReturn:
     try:
         # pid 1 of a pid namespace ignores signals it has no handler for; `kill` must work while
         # the container is `created`. Non-dumpable: /proc/1/exe (host python) stays unreachable.
@@ -115,7 +115,7 @@ def stage_b(ch: Channel, config: dict[str, Any], bundle: str, rootfs: str,
             signal.signal(s, _die_on_signal)
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         ch.expect_ok()  # the runtime knows our pid now (hooks get it; oomScoreAdj is set)
-        _build(ch, config, bundle, rootfs, statefd, cid)
+        _build(ch, config, bundle, rootfs, statefd, cid, csock)
     except BaseException as e:  # noqa: BLE001
         _fail(ch, e)
     raise AssertionError("unreachable")
@@ -130,7 +130,7 @@ def _hook_state(config: dict, bundle: str, cid: str, status: str) -> dict[str, A
 
 
 def _build(ch: Channel, config: dict, bundle: str, rootfs: str, statefd: int,
-           cid: str) -> NoReturn:
+           cid: str, csock: socket.socket | None) -> NoReturn:
     linux = config.get("linux") or {}
     proc = config["process"]
     nss = spec.namespaces(config)
@@ -156,6 +156,8 @@ def _build(ch: Channel, config: dict, bundle: str, rootfs: str, statefd: int,
     mounts.write_sysctl(linux.get("sysctl") or {})  # runc's order: before /proc/sys goes ro
     mounts.readonly_paths(linux.get("readonlyPaths") or [])
     mounts.mask_paths(linux.get("maskedPaths") or [])
+    if proc.get("terminal") and csock is not None:
+        setup_terminal(csock, proc, console_mount=not mounts.dev_is_bind(cfg_mounts))
     if config["root"].get("readonly"):
         mounts.readonly_root()
     for rl in proc.get("rlimits") or []:
@@ -199,6 +201,22 @@ def _build(ch: Channel, config: dict, bundle: str, rootfs: str, statefd: int,
         os.write(fifo, ("error: " + describe(e)).encode())
         os._exit(1)
     raise AssertionError("unreachable")
+
+
+def setup_terminal(csock: socket.socket, proc: dict[str, Any], console_mount: bool) -> None:
+    """A pty from the container's /dev/ptmx: slave as controlling tty and stdio, master sent
+    over the console socket (the runtime connected it before forking us)."""
+    master, slave, name = console.open_pty()
+    try:
+        console.set_size(slave, proc.get("consoleSize"))
+        if console_mount:
+            console.bind_console(name)
+        user = proc.get("user") or {}
+        console.become_session_leader(slave, user.get("uid", 0), user.get("gid", 0))
+        console.send_master(csock, master, name)
+    finally:
+        os.close(master)
+        csock.close()
 
 
 def _lookup(name: str, env: list[str]) -> str:

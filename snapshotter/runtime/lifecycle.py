@@ -7,6 +7,7 @@ with its last process.
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from snapshotter.runtime import cgroups, hooks, init, rootless, spec
+from snapshotter.runtime import cgroups, console, hooks, init, rootless, spec
 from snapshotter.runtime import syscalls as sc
 from snapshotter.runtime.errors import ContainerError
 from snapshotter.runtime.state import (
@@ -71,6 +72,14 @@ def hook_state(st: dict[str, Any], status: str, pid: int | None) -> dict[str, An
     return out
 
 
+def _wants_terminal(bundle: str) -> bool:
+    try:
+        config = json.loads((Path(bundle) / "config.json").read_text())
+        return bool(config["process"].get("terminal"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False  # create reports the real problem
+
+
 class Runtime:
     def __init__(self, root: str | Path = DEFAULT_ROOT,
                  warn: Callable[[str], None] | None = None) -> None:
@@ -78,7 +87,9 @@ class Runtime:
         self.warn = warn or (lambda msg: None)
 
     # -- create -----------------------------------------------------------------------------
-    def create(self, cid: str, bundle: str, pid_file: str | None = None) -> dict[str, Any]:
+    def create(self, cid: str, bundle: str, pid_file: str | None = None,
+               console_socket: str | socket.socket | None = None) -> dict[str, Any]:
+        """CONSOLE_SOCKET: a path (--console-socket) or a connected socket (our own relay)."""
         if not spec.valid_id(cid):
             raise ContainerError("invalid container ID format")
         bundle = os.path.abspath(bundle)
@@ -98,6 +109,15 @@ class Runtime:
         for t, p in spec.namespaces(config).items():
             if p and not os.path.exists(p):
                 raise ContainerError(f"{t} namespace path {p}: no such file or directory")
+        terminal = bool(config["process"].get("terminal"))
+        if terminal and console_socket is None:
+            raise ContainerError("cannot allocate tty if runc will detach without setting "
+                                 "console socket")
+        if not terminal and console_socket is not None:
+            raise ContainerError("cannot use console socket if runc will not detach or "
+                                 "allocate tty")
+        csock = (console.connect(console_socket) if isinstance(console_socket, str)
+                 else console_socket)
         sdir = self.sd.claim(cid)
         me = os.getpid()
         st: dict[str, Any] = {
@@ -133,8 +153,10 @@ class Runtime:
             pid_a = os.fork()
             if pid_a == 0:
                 parent.close()
-                init.stage_a(init.Channel(child), config, bundle, rootfs, statefd, cid)
+                init.stage_a(init.Channel(child), config, bundle, rootfs, statefd, cid, csock)
             os.close(statefd)
+            if csock is not None:
+                csock.close()
             child.close()
             with parent:
                 ch = init.Channel(parent)
@@ -415,9 +437,15 @@ class Runtime:
 
     # -- run --------------------------------------------------------------------------------
     def run(self, cid: str, bundle: str, pid_file: str | None = None,
-            detach: bool = False) -> int:
-        """create + start; in the foreground also wait, forward signals, and delete."""
-        st = self.create(cid, bundle, pid_file)
+            detach: bool = False, console_socket: str | None = None) -> int:
+        """create + start; in the foreground also wait, forward signals, and delete. A terminal
+        without --console-socket in the foreground: we take the master and relay our stdio."""
+        ours = None
+        if not detach and console_socket is None and _wants_terminal(bundle):
+            ours, theirs = console.socketpair_for_relay()
+            st = self.create(cid, bundle, pid_file, theirs)
+        else:
+            st = self.create(cid, bundle, pid_file, console_socket)
         pid = st["pid"]
         if detach:
             self.start(cid)
@@ -433,6 +461,11 @@ class Runtime:
         try:
             for s in FORWARDED_SIGNALS:
                 signal.signal(s, forward)
+            if ours is not None:
+                with ours:
+                    master = console.receive_master(ours)
+                self.start(cid)
+                return console.relay(master, pid)
             self.start(cid)
             return self._wait_exit(pid)
         finally:

@@ -187,9 +187,12 @@ def _validate_process(proc: Any) -> None:
     if proc is None:
         raise ContainerError("config.json: process is required")
     _type(proc, dict, "process")
-    if proc.get("terminal"):
-        raise ContainerError("config.json: process.terminal is not supported "
-                             "(no --console-socket); set it to false")
+    _type(proc.get("terminal", False), bool, "process.terminal")
+    size = proc.get("consoleSize")
+    if size is not None:
+        _type(size, dict, "process.consoleSize")
+        for k in ("height", "width"):
+            _type(size.get(k), int, f"process.consoleSize.{k}")
     args = proc.get("args")
     if not isinstance(args, list) or not args:
         raise ContainerError("args must not be empty")
@@ -405,7 +408,8 @@ def hooks(config: dict, name: str) -> list[dict]:
 
 
 def default_spec() -> dict[str, Any]:
-    """What `spec` writes: runc's default, except terminal=false (no console socket yet)."""
+    """What `spec` writes: runc's default, except terminal=false (so a bundle made with it runs
+    detached and under test harnesses without a console socket)."""
     caps = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
     nosuid_noexec_nodev = ["nosuid", "noexec", "nodev"]
     return {

@@ -86,7 +86,8 @@ def test_bad_config(pyrt, bundles, text):
 
 def test_refused_fields(pyrt, bundles):
     for edit, word in [
-        (lambda c: c["process"].update(terminal=True), "process.terminal is not supported"),
+        (lambda c: c["process"].update(terminal=True), ("cannot allocate tty if runc will "
+         "detach without setting console socket")),
         (lambda c: c["linux"].update(seccomp={"defaultAction": "SCMP_ACT_NOTIFY"}),
          "SCMP_ACT_NOTIFY (a seccomp listener) is not supported"),
         (lambda c: c["linux"]["resources"].update(rdma={"mlx5_1": {"hcaHandles": 3}}),
