@@ -29,6 +29,8 @@ commands:
   kill [--all] ID [SIGNAL]                  send SIGNAL (name or number, default TERM)
   delete [--force] ID                       remove a stopped container (--force: kill it first)
   run --bundle DIR [--detach] [--pid-file F] ID   create + start (+ wait + delete)
+  exec [--process F | ID CMD...] [--detach] [--pid-file F] [--tty] [--console-socket S] ID
+                                            run another process in the running container
   list [--format table|json] [--quiet]      all containers under --root
   ps [--format table|json] ID [PS ARGS]     the container's processes (ps -ef rows, or pids)
   update [--resources FILE|-] [--memory N ...] ID   change cgroup limits of a live container
@@ -139,6 +141,24 @@ def _subparser(cmd: str) -> _Parser:
         p.add_argument("id")
     elif cmd == "features":
         pass
+    elif cmd == "exec":
+        p.add_argument("--process", "-p")
+        p.add_argument("--detach", "-d", action="store_true")
+        p.add_argument("--pid-file")
+        p.add_argument("--tty", "-t", action="store_true")
+        p.add_argument("--console-socket")
+        p.add_argument("--cwd")
+        p.add_argument("--env", "-e", action="append", default=[])
+        p.add_argument("--user", "-u")
+        p.add_argument("--additional-gids", "-g", action="append", default=[])
+        p.add_argument("--cap", "-c", action="append", default=[])
+        p.add_argument("--no-new-privs", action="store_true")
+        p.add_argument("--preserve-fds", type=int, default=0)
+        p.add_argument("--process-label")
+        p.add_argument("--apparmor")
+        p.add_argument("--ignore-paused", action="store_true")
+        p.add_argument("id")
+        p.add_argument("command", nargs=argparse.REMAINDER)
     elif cmd == "spec":
         p.add_argument("--bundle", "-b", default=".")
         p.add_argument("--rootless", action="store_true")
@@ -230,6 +250,46 @@ def _ps_table(pids: list[int], ps_args: list[str]) -> str:
     return "\n".join([lines[0], *rows])
 
 
+def _exec_process(a: argparse.Namespace, rt: Runtime) -> dict[str, Any]:
+    """The process to exec: --process FILE as is, else the container's process with the
+    command line's changes (runc's newProcess)."""
+    if a.process:
+        try:
+            proc = json.loads(Path(a.process).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ContainerError(f"unable to read process {a.process}: {e}") from None
+        if not isinstance(proc, dict):
+            raise ContainerError(f"unable to read process {a.process}: not a JSON object")
+        return proc
+    if not a.command:
+        raise ContainerError("exec: args must not be empty", exit_code=2)
+    import copy
+    proc = copy.deepcopy(rt.sd.read(a.id)["config"]["process"])
+    proc["args"] = a.command
+    proc["terminal"] = a.tty
+    proc.pop("consoleSize", None)
+    proc["env"] = [*(proc.get("env") or []), *a.env]
+    if a.cwd:
+        proc["cwd"] = a.cwd
+    if a.user:
+        uid, _, gid = a.user.partition(":")
+        try:
+            proc["user"] = {**(proc.get("user") or {}), "uid": int(uid),
+                            "gid": int(gid) if gid else 0}
+        except ValueError:
+            raise ContainerError(f"invalid --user {a.user!r}: uid[:gid] numbers",
+                                 exit_code=2) from None
+    if a.additional_gids:
+        proc.setdefault("user", {})["additionalGids"] = [int(g) for g in a.additional_gids]
+    for cap in a.cap:
+        caps = proc.setdefault("capabilities", {})
+        for what in ("bounding", "effective", "permitted"):
+            caps.setdefault(what, []).append(cap)
+    if a.no_new_privs:
+        proc["noNewPrivileges"] = True
+    return proc
+
+
 def _table(rows: list[dict[str, Any]]) -> str:
     """runc's tabwriter layout: columns at least 12 wide, 3 spaces of padding."""
     head = ["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"]
@@ -273,6 +333,17 @@ def _dispatch(cmd: str, a: argparse.Namespace, rt: Runtime) -> int:
             print(json.dumps(rt.pids(a.id)))
         else:
             print(_ps_table(rt.pids(a.id), a.ps_args))
+    elif cmd == "exec":
+        if a.preserve_fds:
+            raise ContainerError("--preserve-fds is not supported")
+        try:  # runc: every exec failure is "exec failed: ..." with exit status 255
+            proc = _exec_process(a, rt)
+            if a.tty and a.process:
+                proc["terminal"] = True
+            return rt.exec(a.id, proc, detach=a.detach, pid_file=a.pid_file,
+                           console_socket=a.console_socket, ignore_paused=a.ignore_paused)
+        except ContainerError as e:
+            raise ContainerError(f"exec failed: {e}", exit_code=255) from None
     elif cmd == "pause":
         rt.pause(a.id)
     elif cmd == "resume":

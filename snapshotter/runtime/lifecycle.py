@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from snapshotter.runtime import cgroups, console, hooks, init, rootless, spec
+from snapshotter.runtime import cgroups, console, exec_init, hooks, init, rootless, spec
 from snapshotter.runtime import syscalls as sc
 from snapshotter.runtime.errors import ContainerError
 from snapshotter.runtime.state import (
@@ -392,6 +392,113 @@ class Runtime:
         self._destroy(st)
         state = hook_state(st, "stopped", None)
         hooks.run_poststop(spec.hooks(st["config"], "poststop"), state, self.warn)
+
+    # -- exec -------------------------------------------------------------------------------
+    def exec(self, cid: str, process: dict[str, Any], detach: bool = False,
+             pid_file: str | None = None, console_socket: str | None = None,
+             ignore_paused: bool = False) -> int:
+        """Run PROCESS in the running container; with DETACH return once it has exec'd."""
+        st = self.sd.read(cid)
+        status = self.sd.status(st)
+        if status == "paused" and not ignore_paused:
+            raise ContainerError("cannot exec in a paused container (use --ignore-paused to "
+                                 "override)")
+        if status not in ("created", "running", "paused"):
+            raise ContainerError("cannot exec in a stopped container")
+        spec.validate_process(process)
+        terminal = bool(process.get("terminal"))
+        if terminal and console_socket is None and detach:
+            raise ContainerError("cannot allocate tty if runc will detach without setting "
+                                 "console socket")
+        if not terminal and console_socket is not None:
+            raise ContainerError("cannot use console socket if runc will not detach or "
+                                 "allocate tty")
+        config = st["config"]
+        ours = None
+        if terminal and console_socket is None:
+            ours, csock = console.socketpair_for_relay()
+        else:
+            csock = console.connect(console_socket) if console_socket else None
+        ns_fds: dict[str, int] = {}
+        try:
+            for t in spec.namespaces(config):
+                if t == "user" and os.readlink(f"/proc/{st['pid']}/ns/user") == \
+                        os.readlink("/proc/self/ns/user"):
+                    continue  # setns into one's own user namespace is EINVAL
+                ns_fds[t] = os.open(f"/proc/{st['pid']}/ns/{spec.NAMESPACE_PROC[t]}",
+                                    os.O_RDONLY | os.O_CLOEXEC)
+            if proc_start_time(st["pid"]) != st["pid_start"]:
+                raise ContainerError("cannot exec in a stopped container")
+            if not detach:
+                sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)  # B re-parents to us: we wait for it
+            parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            pid_a = os.fork()
+            if pid_a == 0:
+                parent.close()
+                exec_init.stage_a(init.Channel(child), ns_fds, config, process, csock)
+        finally:
+            for fd in ns_fds.values():
+                os.close(fd)
+            if csock is not None:
+                csock.close()
+        child.close()
+        pid_b = 0
+        try:
+            with parent:
+                ch = init.Channel(parent)
+                cg = cgroups.Cgroup.from_state(st.get("cgroup"))
+                if cg:
+                    cg.add(pid_a)
+                ch.send(t="ok")
+                while True:
+                    try:
+                        msg = ch.recv()
+                    except ContainerError:
+                        if pid_b:
+                            break  # EOF after "exec": execve happened
+                        raise ContainerError("exec process exited before it started") \
+                            from None
+                    if msg.get("t") == "pid":
+                        pid_b = msg["pid"]
+                        os.waitpid(pid_a, 0)
+                    elif msg.get("t") == "error":
+                        raise ContainerError("unable to start container process: "
+                                             + (msg.get("msg") or "failed"))
+        except BaseException:
+            for p in (pid_a, pid_b):
+                if p:
+                    try:
+                        os.kill(p, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    _wait_gone(p, None, timeout=2)
+            if ours is not None:
+                ours.close()
+            raise
+        if pid_file:
+            tmp = f"{pid_file}.tmp"
+            Path(tmp).write_text(str(pid_b))
+            os.replace(tmp, pid_file)
+        if detach:
+            return 0
+        if ours is not None:
+            with ours:
+                master = console.receive_master(ours)
+            return console.relay(master, pid_b)
+        old = {s: signal.getsignal(s) for s in FORWARDED_SIGNALS}
+
+        def forward(signum: int, _frame: Any) -> None:
+            try:
+                os.kill(pid_b, signum)
+            except ProcessLookupError:
+                pass
+        try:
+            for s in FORWARDED_SIGNALS:
+                signal.signal(s, forward)
+            return self._wait_exit(pid_b)
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
 
     # -- cgroup operations -----------------------------------------------------------------
     def _live_cgroup(self, cid: str) -> tuple[dict[str, Any], cgroups.Cgroup]:

@@ -227,6 +227,11 @@ def _validate_process(proc: Any) -> None:
             raise ContainerError(f"config.json: process.{key} is not supported")
 
 
+def validate_process(proc: Any) -> None:
+    """An `exec` process (process.json or built from the command line)."""
+    _validate_process(proc)
+
+
 def _validate_mount(m: Any, i: int) -> None:
     _type(m, dict, f"mounts[{i}]")
     dest = m.get("destination")
