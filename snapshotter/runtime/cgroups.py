@@ -202,8 +202,10 @@ class Cgroup:
                 pass
 
     def remove(self, timeout: float = 5.0) -> None:
-        """rmdir what create made once its processes are gone (they may take a moment)."""
+        """rmdir what create made: each leaf once its processes are gone (they may take a
+        moment), then the parents create made if nothing else lives in them now."""
         deadline = time.monotonic() + timeout
+        leaves = set(self.paths.values())
         for d in reversed(self.made):
             while True:
                 try:
@@ -212,6 +214,8 @@ class Cgroup:
                 except FileNotFoundError:
                     break
                 except OSError as e:
+                    if d not in leaves:
+                        break  # a parent shared with another container: not ours to wait on
                     if e.errno != errno.EBUSY or time.monotonic() > deadline:
                         raise
                     time.sleep(0.02)

@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 PODMAN_PROFILE = Path("/usr/share/containers/seccomp.json")
+# containerd has no profile file: its default is built in code (contrib/seccomp). This one was
+# captured from the bundle of `ctr run --seccomp` (containerd 1.6.20, x86_64) with its caps.
+CONTAINERD_PROFILE = Path(__file__).parent / "data" / "containerd-1.6.20-default-seccomp.json"
 _GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 
 
@@ -48,3 +51,9 @@ def oci_profile(source: dict[str, Any], caps: list[str]) -> dict[str, Any]:
 
 def podman_default(caps: list[str]) -> dict[str, Any]:
     return oci_profile(json.loads(PODMAN_PROFILE.read_text()), caps)
+
+
+def containerd_default() -> tuple[dict[str, Any], list[str]]:
+    """(profile, the bounding capabilities ctr granted with it)."""
+    data = json.loads(CONTAINERD_PROFILE.read_text())
+    return data["seccomp"], data["capabilities"]

@@ -29,6 +29,17 @@ hybrid = pytest.mark.skipif(cgroups.is_unified() or not (V1 / "memory").is_dir()
                             reason="needs this host's cgroup v1 layout")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _remove_test_parents():
+    """runc leaves the parents of cgroupsPath behind; so the tests remove /pyunion-test."""
+    yield
+    for d in V1.glob("*/pyunion-test"):
+        try:
+            d.rmdir()
+        except OSError:
+            pass
+
+
 def _block_device() -> str:
     for line in Path("/proc/partitions").read_text().splitlines()[2:]:
         major, minor = line.split()[:2]

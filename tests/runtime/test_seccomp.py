@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import platform
+
 import pytest
 
 from snapshotter.runtime import seccomp, spec
 from snapshotter.runtime.errors import ContainerError
 from tests.runtime.conftest import needs_busybox, needs_root, needs_runc
-from tests.runtime.seccomp_profiles import PODMAN_PROFILE, podman_default
+from tests.runtime.seccomp_profiles import PODMAN_PROFILE, containerd_default, podman_default
 from tests.runtime.test_side_by_side import both
 
 CAPS = ["CAP_KILL", "CAP_NET_BIND_SERVICE"]  # runc's default set without CAP_AUDIT_WRITE
@@ -65,6 +67,30 @@ def test_podman_profile_default_errno(runc, pyrt, bundles, marks):
     res = both(runc, pyrt, bundles, ["sh", "-c", "hostname x"], _with(profile))
     assert res["pyunion"].stderr == res["runc"].stderr
     assert res["pyunion"].stderr.endswith("hostname: sethostname: Operation not permitted\n")
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="profile captured on x86_64")
+@pytest.mark.parametrize("marks", [live])
+def test_containerd_default_profile(runc, pyrt, bundles, marks):
+    """containerd's default denies unshare(2) (no CAP_SYS_ADMIN) with its default action,
+    SCMP_ACT_ERRNO without defaultErrnoRet: EPERM, though the kernel itself would allow an
+    unprivileged user namespace; clone3 gets ENOSYS (glibc then falls back to clone)."""
+    for m in marks:
+        if m.args[0]:
+            pytest.skip(m.kwargs["reason"])
+    profile, caps = containerd_default()
+
+    def edit(c):
+        c["linux"]["seccomp"] = profile
+        for k in c["process"]["capabilities"]:
+            c["process"]["capabilities"][k] = list(caps)
+    script = "busybox unshare -U true 2>&1; echo $?; busybox chroot / true; echo chroot=$?"
+    res = both(runc, pyrt, bundles, ["sh", "-c", script], edit)
+    assert res["pyunion"].stdout == res["runc"].stdout
+    assert res["pyunion"].stdout == ("unshare: unshare(0x10000000): Operation not permitted\n1\n"
+                                     "chroot=0\n")
+    res = both(runc, pyrt, bundles, ["sh", "-c", script], lambda c: None)
+    assert res["pyunion"].stdout.startswith("0\n")  # without the profile it is allowed
 
 
 def _custom():
