@@ -142,3 +142,40 @@ def test_kill_and_delete_force_running(anyrt, bundles):
     assert anyrt("delete", "--force", cid).returncode == 0
     res = anyrt("state", cid)
     assert res.returncode == 1 and err(res) == "container does not exist"
+
+
+def test_exec_in_a_user_namespace(runc, pyrt, rootfs_template):
+    """The exec'd process joins the container's user namespace first (ids mapped as init's)."""
+    import shutil
+    import tempfile
+
+    from tests.runtime.conftest import Bundles
+    base = Path(tempfile.mkdtemp(prefix="pyunion-rt-"))
+    base.chmod(0o755)
+    try:
+        bundles = Bundles(base, rootfs_template)
+        out = {}
+        for rt in (runc, pyrt):
+            def edit(c):
+                c["linux"]["namespaces"].append({"type": "user"})
+                c["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000,
+                                              "size": 65536}]
+                c["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 100000,
+                                              "size": 65536}]
+                c["mounts"] = [m for m in c["mounts"] if m["type"] != "cgroup"]
+            bundle = bundles.make(["sleep", "60"], edit)
+            cid = f"eu-{rt.name}"
+            assert rt("run", "--detach", "--bundle", str(bundle), cid).returncode == 0
+            res = rt("exec", cid, "sh", "-c", "id; cat /proc/self/uid_map; [ $(readlink "
+                     "/proc/self/ns/user) = $(readlink /proc/1/ns/user) ] && echo same-userns")
+            assert res.returncode == 0, (rt.name, res.stderr)
+            out[rt.name] = res.stdout
+            host = Path(f"/proc/{rt.state(cid)['pid']}/status").read_text()
+            assert "Uid:\t100000" in host
+        assert out["pyunion"] == out["runc"]
+        assert out["pyunion"].splitlines()[0] == "uid=0(root) gid=0(root)"
+        assert out["pyunion"].splitlines()[-1] == "same-userns"
+    finally:
+        for rt in (runc, pyrt):
+            rt("delete", "--force", f"eu-{rt.name}")
+        shutil.rmtree(base, ignore_errors=True)
