@@ -351,6 +351,8 @@ def v1_writes(r: dict[str, Any], warn: Any = None) -> list[tuple[str, str, str]]
              "(as runc 1.1)")
     if mem.get("kernelTCP"):
         w.append(("memory", "memory.kmem.tcp.limit_in_bytes", _num(mem["kernelTCP"])))
+    if mem.get("useHierarchy") is not None:
+        w.append(("memory", "memory.use_hierarchy", "1" if mem["useHierarchy"] else "0"))
     if mem.get("disableOOMKiller"):
         w.append(("memory", "memory.oom_control", "1"))
     if mem.get("swappiness") is not None and 0 <= mem["swappiness"] <= 100:

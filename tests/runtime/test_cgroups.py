@@ -54,7 +54,7 @@ def _resources():
                    "swappiness": 10, "disableOOMKiller": False},
         "cpu": {"shares": 512, "quota": 50000, "period": 100000, "cpus": "0", "mems": "0"},
         "pids": {"limit": 20},
-        "blockIO": {"throttleReadBpsDevice": [{"major": major, "minor": minor,
+        "blockIO": {"weight": 300, "throttleReadBpsDevice": [{"major": major, "minor": minor,
                                                "rate": 10485760}],
                     "throttleWriteIOPSDevice": [{"major": major, "minor": minor, "rate": 300}]},
         "devices": [{"allow": False, "access": "rwm"}],
@@ -65,7 +65,7 @@ READ = ("cd /sys/fs/cgroup; for f in memory/memory.limit_in_bytes memory/memory.
         " memory/memory.memsw.limit_in_bytes memory/memory.swappiness cpu/cpu.shares"
         " cpu/cpu.cfs_quota_us cpu/cpu.cfs_period_us cpuset/cpuset.cpus cpuset/cpuset.mems"
         " pids/pids.max blkio/blkio.throttle.read_bps_device"
-        " blkio/blkio.throttle.write_iops_device devices/devices.list; do echo $f: $(cat $f);"
+        " blkio/blkio.throttle.write_iops_device blkio/blkio.bfq.weight devices/devices.list; do echo $f: $(cat $f);"
         " done")
 
 
@@ -89,6 +89,10 @@ def test_limits_seen_inside_as_under_runc(runc, pyrt, bundles):
     assert f"memory/memory.limit_in_bytes: {96 << 20}" in lines
     assert "pids/pids.max: 20" in lines and "cpu/cpu.cfs_quota_us: 50000" in lines
     assert f"blkio/blkio.throttle.read_bps_device: {_block_device()} 10485760" in lines
+    if (V1 / "blkio" / "blkio.weight").exists():
+        pass  # CFQ's file: the weight went there
+    else:  # no CFQ: the weight goes to BFQ's file, as runc does
+        assert "blkio/blkio.bfq.weight: 300" in lines
     assert "devices/devices.list: b *:* m c *:* m c 1:3 rwm c 1:5 rwm" in out["pyunion"]
     for name in ("runc", "pyunion"):
         assert not (V1 / "memory" / "pyunion-test" / f"lim-{name}").exists()
