@@ -11,9 +11,10 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from snapshotter.runtime import rootless, spec
+from snapshotter.runtime import features, rootless, spec
 from snapshotter.runtime.errors import ContainerError
 from snapshotter.runtime.lifecycle import Runtime
 from snapshotter.runtime.rootless import default_state_root
@@ -28,8 +29,14 @@ commands:
   kill [--all] ID [SIGNAL]                  send SIGNAL (name or number, default TERM)
   delete [--force] ID                       remove a stopped container (--force: kill it first)
   run --bundle DIR [--detach] [--pid-file F] ID   create + start (+ wait + delete)
+  exec [--process F | ID CMD...] [--detach] [--pid-file F] [--tty] [--console-socket S] ID
+                                            run another process in the running container
   list [--format table|json] [--quiet]      all containers under --root
-  ps --format json ID                       host pids of the container's processes
+  ps [--format table|json] ID [PS ARGS]     the container's processes (ps -ef rows, or pids)
+  update [--resources FILE|-] [--memory N ...] ID   change cgroup limits of a live container
+  pause ID / resume ID                      freeze / thaw every process (cgroup freezer)
+  events [--stats] [--interval 5s] ID       cgroup statistics as JSON (once with --stats)
+  features                                  what this runtime supports (runtime-spec features)
   spec [--bundle DIR]                       write a default config.json"""
 
 
@@ -118,14 +125,169 @@ def _subparser(cmd: str) -> _Parser:
         p.add_argument("--format", "-f", choices=("table", "json"), default="table")
         p.add_argument("--quiet", "-q", action="store_true")
     elif cmd == "ps":
-        p.add_argument("--format", "-f", choices=("json",), default="json")
+        p.add_argument("--format", "-f", choices=("table", "json"), default="table")
         p.add_argument("id")
+        p.add_argument("ps_args", nargs=argparse.REMAINDER)
+    elif cmd in ("pause", "resume"):
+        p.add_argument("id")
+    elif cmd == "events":
+        p.add_argument("--stats", action="store_true")
+        p.add_argument("--interval", default="5s")
+        p.add_argument("id")
+    elif cmd == "update":
+        p.add_argument("--resources", "-r")
+        for flag in _UPDATE_FLAGS:
+            p.add_argument(flag)
+        p.add_argument("id")
+    elif cmd == "features":
+        pass
+    elif cmd == "exec":
+        p.add_argument("--process", "-p")
+        p.add_argument("--detach", "-d", action="store_true")
+        p.add_argument("--pid-file")
+        p.add_argument("--tty", "-t", action="store_true")
+        p.add_argument("--console-socket")
+        p.add_argument("--cwd")
+        p.add_argument("--env", "-e", action="append", default=[])
+        p.add_argument("--user", "-u")
+        p.add_argument("--additional-gids", "-g", action="append", default=[])
+        p.add_argument("--cap", "-c", action="append", default=[])
+        p.add_argument("--no-new-privs", action="store_true")
+        p.add_argument("--preserve-fds", type=int, default=0)
+        p.add_argument("--process-label")
+        p.add_argument("--apparmor")
+        p.add_argument("--ignore-paused", action="store_true")
+        p.add_argument("id")
+        p.add_argument("command", nargs=argparse.REMAINDER)
     elif cmd == "spec":
         p.add_argument("--bundle", "-b", default=".")
         p.add_argument("--rootless", action="store_true")
     else:
         raise ContainerError(f"No help topic for '{cmd}'", exit_code=3)
     return p
+
+
+# runc update's flags -> (resources section, key, parse as a size?)
+_UPDATE_FLAGS = {
+    "--memory": ("memory", "limit", True), "--memory-swap": ("memory", "swap", True),
+    "--memory-reservation": ("memory", "reservation", True),
+    "--kernel-memory": ("memory", "kernel", True),
+    "--kernel-memory-tcp": ("memory", "kernelTCP", True),
+    "--cpu-share": ("cpu", "shares", False), "--cpu-quota": ("cpu", "quota", False),
+    "--cpu-period": ("cpu", "period", False), "--cpu-rt-period": ("cpu", "realtimePeriod", False),
+    "--cpu-rt-runtime": ("cpu", "realtimeRuntime", False),
+    "--cpuset-cpus": ("cpu", "cpus", None), "--cpuset-mems": ("cpu", "mems", None),
+    "--pids-limit": ("pids", "limit", False), "--blkio-weight": ("blockIO", "weight", False),
+}
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def _size(text: str) -> int:
+    """"-1", "1024", "64m", "1.5G" (docker's RAMInBytes, as runc update parses)."""
+    t = text.strip().lower().removesuffix("ib").removesuffix("b") if text != "-1" else text
+    num, unit = (t[:-1], t[-1]) if t and t[-1] in _UNITS and t[-1].isalpha() else (t, "")
+    try:
+        return int(float(num) * _UNITS[unit]) if num != "-1" else -1
+    except ValueError:
+        raise ContainerError(f"invalid value for size: {text!r}", exit_code=2) from None
+
+
+def _update_resources(a: argparse.Namespace) -> dict[str, Any]:
+    if a.resources:
+        try:
+            text = sys.stdin.read() if a.resources == "-" else Path(a.resources).read_text()
+            res = json.loads(text)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ContainerError(f"unable to read resources: {e}") from None
+        if not isinstance(res, dict):
+            raise ContainerError("unable to read resources: not a JSON object")
+        return res
+    res: dict[str, Any] = {}
+    for flag, (section, key, size) in _UPDATE_FLAGS.items():
+        value = getattr(a, flag.lstrip("-").replace("-", "_"))
+        if value is None:
+            continue
+        if size is None:
+            parsed: Any = value
+        elif size:
+            parsed = _size(value)
+        else:
+            try:
+                parsed = int(value)
+            except ValueError:
+                raise ContainerError(f"invalid value {value!r} for flag {flag}",
+                                     exit_code=2) from None
+        res.setdefault(section, {})[key] = parsed
+    return res
+
+
+def _interval(text: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    for u in ("ms", "s", "m", "h"):
+        if text.endswith(u):
+            try:
+                return float(text[:-len(u)]) * units[u]
+            except ValueError:
+                break
+    raise ContainerError(f"invalid duration {text!r}", exit_code=2)
+
+
+def _ps_table(pids: list[int], ps_args: list[str]) -> str:
+    """runc ps: run ps(1) on the host, keep the header and the container's rows."""
+    import subprocess
+    args = [a for a in ps_args if a != "--"] or ["-ef"]
+    out = subprocess.run(["ps", *args], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise ContainerError(f"ps: {out.stderr.strip()}")
+    lines = out.stdout.splitlines()
+    header = lines[0].split()
+    if "PID" not in header:
+        raise ContainerError("couldn't find PID field in ps output")
+    col = header.index("PID")
+    wanted = set(pids)
+    rows = [ln for ln in lines[1:] if len(ln.split()) > col and ln.split()[col].isdigit()
+            and int(ln.split()[col]) in wanted]
+    return "\n".join([lines[0], *rows])
+
+
+def _exec_process(a: argparse.Namespace, rt: Runtime) -> dict[str, Any]:
+    """The process to exec: --process FILE as is, else the container's process with the
+    command line's changes (runc's newProcess)."""
+    if a.process:
+        try:
+            proc = json.loads(Path(a.process).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ContainerError(f"unable to read process {a.process}: {e}") from None
+        if not isinstance(proc, dict):
+            raise ContainerError(f"unable to read process {a.process}: not a JSON object")
+        return proc
+    if not a.command:
+        raise ContainerError("exec: args must not be empty", exit_code=2)
+    import copy
+    proc = copy.deepcopy(rt.sd.read(a.id)["config"]["process"])
+    proc["args"] = a.command
+    proc["terminal"] = a.tty
+    proc.pop("consoleSize", None)
+    proc["env"] = [*(proc.get("env") or []), *a.env]
+    if a.cwd:
+        proc["cwd"] = a.cwd
+    if a.user:
+        uid, _, gid = a.user.partition(":")
+        try:
+            proc["user"] = {**(proc.get("user") or {}), "uid": int(uid),
+                            "gid": int(gid) if gid else 0}
+        except ValueError:
+            raise ContainerError(f"invalid --user {a.user!r}: uid[:gid] numbers",
+                                 exit_code=2) from None
+    if a.additional_gids:
+        proc.setdefault("user", {})["additionalGids"] = [int(g) for g in a.additional_gids]
+    for cap in a.cap:
+        caps = proc.setdefault("capabilities", {})
+        for what in ("bounding", "effective", "permitted"):
+            caps.setdefault(what, []).append(cap)
+    if a.no_new_privs:
+        proc["noNewPrivileges"] = True
+    return proc
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -140,17 +302,15 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 def _dispatch(cmd: str, a: argparse.Namespace, rt: Runtime) -> int:
     if cmd in ("create", "run"):
-        if a.console_socket:
-            raise ContainerError("--console-socket is not supported (process.terminal must be "
-                                 "false)")
-        if a.no_pivot:
-            raise ContainerError("--no-pivot is not supported: pyunion always uses pivot_root")
+        # --no-pivot (MS_MOVE + chroot in runc) and --no-new-keyring are accepted: we always
+        # pivot_root (stronger) and never make a session keyring (docs/runtime.md).
         if a.preserve_fds:
             raise ContainerError("--preserve-fds is not supported")
         if cmd == "create":
-            rt.create(a.id, a.bundle, a.pid_file)
+            rt.create(a.id, a.bundle, a.pid_file, a.console_socket)
             return 0
-        return rt.run(a.id, a.bundle, a.pid_file, detach=a.detach)
+        return rt.run(a.id, a.bundle, a.pid_file, detach=a.detach,
+                      console_socket=a.console_socket)
     if cmd == "start":
         rt.start(a.id)
     elif cmd == "state":
@@ -169,7 +329,36 @@ def _dispatch(cmd: str, a: argparse.Namespace, rt: Runtime) -> int:
         else:
             print(_table(rows))
     elif cmd == "ps":
-        print(json.dumps(rt.pids(a.id)))
+        if a.format == "json":
+            print(json.dumps(rt.pids(a.id)))
+        else:
+            print(_ps_table(rt.pids(a.id), a.ps_args))
+    elif cmd == "exec":
+        if a.preserve_fds:
+            raise ContainerError("--preserve-fds is not supported")
+        try:  # runc: every exec failure is "exec failed: ..." with exit status 255
+            proc = _exec_process(a, rt)
+            if a.tty and a.process:
+                proc["terminal"] = True
+            return rt.exec(a.id, proc, detach=a.detach, pid_file=a.pid_file,
+                           console_socket=a.console_socket, ignore_paused=a.ignore_paused)
+        except ContainerError as e:
+            raise ContainerError(f"exec failed: {e}", exit_code=255) from None
+    elif cmd == "pause":
+        rt.pause(a.id)
+    elif cmd == "resume":
+        rt.resume(a.id)
+    elif cmd == "update":
+        rt.update(a.id, _update_resources(a))
+    elif cmd == "events":
+        interval = _interval(a.interval)
+        while True:
+            print(json.dumps(rt.stats(a.id)), flush=True)
+            if a.stats:
+                break
+            time.sleep(interval)
+    elif cmd == "features":
+        print(json.dumps(features.document(), indent=4))
     elif cmd == "spec":
         path = os.path.join(a.bundle, "config.json")
         if os.path.exists(path):

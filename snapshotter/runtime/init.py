@@ -23,7 +23,7 @@ import socket
 import subprocess  # noqa: F401  (imported before pivot_root; used by hooks)
 from typing import Any, NoReturn
 
-from snapshotter.runtime import hooks, mounts, spec
+from snapshotter.runtime import console, hooks, mounts, seccomp, spec
 from snapshotter.runtime import syscalls as sc
 from snapshotter.runtime.errors import ContainerError
 from snapshotter.runtime.state import OCI_VERSION
@@ -62,7 +62,7 @@ def describe(e: BaseException) -> str:
 
 
 def stage_a(ch: Channel, config: dict[str, Any], bundle: str, rootfs: str,
-            statefd: int, cid: str) -> NoReturn:
+            statefd: int, cid: str, csock: socket.socket | None = None) -> NoReturn:
     try:
         ch.expect_ok()  # the runtime has put us in the container's cgroup
         nss = spec.namespaces(config)
@@ -88,7 +88,7 @@ def stage_a(ch: Channel, config: dict[str, Any], bundle: str, rootfs: str,
             sc.link_up("lo")  # a new network namespace has loopback only, up (as runc does)
         pid = os.fork()
         if pid == 0:
-            stage_b(ch, config, bundle, rootfs, statefd, cid)
+            stage_b(ch, config, bundle, rootfs, statefd, cid, csock)
         ch.send(t="pid", pid=pid)
         os._exit(0)
     except BaseException as e:  # noqa: BLE001 - anything must reach the runtime as one line
@@ -107,7 +107,7 @@ def _die_on_signal(signum: int, _frame: Any) -> None:
 
 
 def stage_b(ch: Channel, config: dict[str, Any], bundle: str, rootfs: str,
-            statefd: int, cid: str) -> NoReturn:
+            statefd: int, cid: str, csock: socket.socket | None = None) -> NoReturn:
     try:
         # pid 1 of a pid namespace ignores signals it has no handler for; `kill` must work while
         # the container is `created`. Non-dumpable: /proc/1/exe (host python) stays unreachable.
@@ -115,7 +115,7 @@ def stage_b(ch: Channel, config: dict[str, Any], bundle: str, rootfs: str,
             signal.signal(s, _die_on_signal)
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         ch.expect_ok()  # the runtime knows our pid now (hooks get it; oomScoreAdj is set)
-        _build(ch, config, bundle, rootfs, statefd, cid)
+        _build(ch, config, bundle, rootfs, statefd, cid, csock)
     except BaseException as e:  # noqa: BLE001
         _fail(ch, e)
     raise AssertionError("unreachable")
@@ -130,7 +130,7 @@ def _hook_state(config: dict, bundle: str, cid: str, status: str) -> dict[str, A
 
 
 def _build(ch: Channel, config: dict, bundle: str, rootfs: str, statefd: int,
-           cid: str) -> NoReturn:
+           cid: str, csock: socket.socket | None) -> NoReturn:
     linux = config.get("linux") or {}
     proc = config["process"]
     nss = spec.namespaces(config)
@@ -150,10 +150,14 @@ def _build(ch: Channel, config: dict, bundle: str, rootfs: str, statefd: int,
     with open("/proc/sys/kernel/cap_last_cap") as f:
         cap_last = int(f.read())
     setgroups = _setgroups_allowed()
+    # Compiled before pivot_root (libseccomp's tables live in the host's library), loaded last.
+    filt = seccomp.compile(linux["seccomp"]) if linux.get("seccomp") is not None else None
     mounts.pivot(rootfs)
     mounts.write_sysctl(linux.get("sysctl") or {})  # runc's order: before /proc/sys goes ro
     mounts.readonly_paths(linux.get("readonlyPaths") or [])
     mounts.mask_paths(linux.get("maskedPaths") or [])
+    if proc.get("terminal") and csock is not None:
+        setup_terminal(csock, proc, console_mount=not mounts.dev_is_bind(cfg_mounts))
     if config["root"].get("readonly"):
         mounts.readonly_root()
     for rl in proc.get("rlimits") or []:
@@ -167,6 +171,9 @@ def _build(ch: Channel, config: dict, bundle: str, rootfs: str, statefd: int,
     if not here.startswith("/"):
         raise ContainerError(f"cwd {proc['cwd']} is outside the container root")
     exe = _lookup(proc["args"][0], env)
+    nnp = bool(proc.get("noNewPrivileges"))
+    if filt is not None and not nnp:
+        filt.load()  # without no_new_privs loading needs CAP_SYS_ADMIN: before caps drop
     _set_user(proc, cap_last, setgroups)
     ch.send(t="ready")
     ch.sock.close()
@@ -177,7 +184,7 @@ def _build(ch: Channel, config: dict, bundle: str, rootfs: str, statefd: int,
         os.write(fifo, b"0")
         hooks.run_hooks(spec.hooks(config, "startContainer"),
                         _hook_state(config, bundle, cid, "created"), cwd="/")
-        if proc.get("noNewPrivileges"):
+        if nnp:
             sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
         umask = (proc.get("user") or {}).get("umask")
         os.umask(0o022 if umask is None else umask)  # runc's default when unset
@@ -187,11 +194,29 @@ def _build(ch: Channel, config: dict, bundle: str, rootfs: str, statefd: int,
             except (OSError, ValueError):
                 pass
         os.closerange(3, fifo)
+        if filt is not None and nnp:
+            filt.load()  # as late as possible: the fewest syscalls run under the filter
         os.execve(exe, proc["args"], dict(e.split("=", 1) for e in env if "=" in e))
     except BaseException as e:  # noqa: BLE001 - tell `start`, which waits for EOF
         os.write(fifo, ("error: " + describe(e)).encode())
         os._exit(1)
     raise AssertionError("unreachable")
+
+
+def setup_terminal(csock: socket.socket, proc: dict[str, Any], console_mount: bool) -> None:
+    """A pty from the container's /dev/ptmx: slave as controlling tty and stdio, master sent
+    over the console socket (the runtime connected it before forking us)."""
+    master, slave, name = console.open_pty()
+    try:
+        console.set_size(slave, proc.get("consoleSize"))
+        if console_mount:
+            console.bind_console(name)
+        user = proc.get("user") or {}
+        console.become_session_leader(slave, user.get("uid", 0), user.get("gid", 0))
+        console.send_master(csock, master, name)
+    finally:
+        os.close(master)
+        csock.close()
 
 
 def _lookup(name: str, env: list[str]) -> str:

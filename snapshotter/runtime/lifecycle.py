@@ -7,6 +7,7 @@ with its last process.
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from snapshotter.runtime import cgroups, hooks, init, rootless, spec
+from snapshotter.runtime import cgroups, console, exec_init, hooks, init, rootless, spec
 from snapshotter.runtime import syscalls as sc
 from snapshotter.runtime.errors import ContainerError
 from snapshotter.runtime.state import (
@@ -71,6 +72,14 @@ def hook_state(st: dict[str, Any], status: str, pid: int | None) -> dict[str, An
     return out
 
 
+def _wants_terminal(bundle: str) -> bool:
+    try:
+        config = json.loads((Path(bundle) / "config.json").read_text())
+        return bool(config["process"].get("terminal"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False  # create reports the real problem
+
+
 class Runtime:
     def __init__(self, root: str | Path = DEFAULT_ROOT,
                  warn: Callable[[str], None] | None = None) -> None:
@@ -78,7 +87,9 @@ class Runtime:
         self.warn = warn or (lambda msg: None)
 
     # -- create -----------------------------------------------------------------------------
-    def create(self, cid: str, bundle: str, pid_file: str | None = None) -> dict[str, Any]:
+    def create(self, cid: str, bundle: str, pid_file: str | None = None,
+               console_socket: str | socket.socket | None = None) -> dict[str, Any]:
+        """CONSOLE_SOCKET: a path (--console-socket) or a connected socket (our own relay)."""
         if not spec.valid_id(cid):
             raise ContainerError("invalid container ID format")
         bundle = os.path.abspath(bundle)
@@ -98,6 +109,15 @@ class Runtime:
         for t, p in spec.namespaces(config).items():
             if p and not os.path.exists(p):
                 raise ContainerError(f"{t} namespace path {p}: no such file or directory")
+        terminal = bool(config["process"].get("terminal"))
+        if terminal and console_socket is None:
+            raise ContainerError("cannot allocate tty if runc will detach without setting "
+                                 "console socket")
+        if not terminal and console_socket is not None:
+            raise ContainerError("cannot use console socket if runc will not detach or "
+                                 "allocate tty")
+        csock = (console.connect(console_socket) if isinstance(console_socket, str)
+                 else console_socket)
         sdir = self.sd.claim(cid)
         me = os.getpid()
         st: dict[str, Any] = {
@@ -116,12 +136,15 @@ class Runtime:
                 os.chown(fifo, *spec.host_ids(config))
             except PermissionError:  # rootless, the process runs as a subordinate id
                 os.chmod(fifo, 0o622)
-            cg = cgroups.create(cid, (config.get("linux") or {}).get("cgroupsPath"))
-            if rootless_ and (config.get("linux") or {}).get("resources"):
+            linux = config.get("linux") or {}
+            resources = linux.get("resources") or {}
+            cg = cgroups.Cgroup.create(cid, linux.get("cgroupsPath"), resources,
+                                       rootless=rootless_)
+            if rootless_ and resources:
                 why = ("no cgroup is delegated to this user" if cg is None
-                       else "pyunion-runtime sets no cgroup limits")
+                       else "pyunion-runtime sets no cgroup limits rootless")
                 self.warn(f"linux.resources ignored: {why}, so no limits are applied")
-            st["cgroup"] = str(cg) if cg else None
+            st["cgroup"] = cg.to_state() if cg else None
             self.sd.write(st)
             parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)  # the init re-parents to us: run can wait
@@ -130,19 +153,28 @@ class Runtime:
             pid_a = os.fork()
             if pid_a == 0:
                 parent.close()
-                init.stage_a(init.Channel(child), config, bundle, rootfs, statefd, cid)
+                init.stage_a(init.Channel(child), config, bundle, rootfs, statefd, cid, csock)
             os.close(statefd)
+            if csock is not None:
+                csock.close()
             child.close()
             with parent:
                 ch = init.Channel(parent)
                 if cg:
                     try:
-                        cgroups.add(cg, pid_a)
+                        cg.add(pid_a)
                     except OSError as e:  # e.g. a delegated hierarchy we may not use
-                        self.warn(f"not tracking the container in cgroup {cg}: {e.strerror}")
-                        cgroups.remove(cg)
+                        if not rootless_:
+                            raise ContainerError(f"joining cgroup {cg.paths}: {e.strerror}") \
+                                from None
+                        self.warn(f"not tracking the container in cgroup {cg.paths}: "
+                                  f"{e.strerror}")
+                        cg.remove()
                         st["cgroup"] = None
                         self.sd.write(st)
+                    else:
+                        if not rootless_ and resources:
+                            cg.set(resources, self.warn)
                 ch.send(t="ok")
                 self._handshake(ch, st, pid_a, config)
             st["status"] = "created"
@@ -164,6 +196,10 @@ class Runtime:
             try:
                 msg = ch.recv()
             except ContainerError:
+                cg = cgroups.Cgroup.from_state(st.get("cgroup"))
+                if cg and cg.oom_kills():
+                    raise ContainerError("container init was OOM-killed (memory limit too "
+                                         "low?)") from None
                 raise ContainerError("container init exited before it was ready") from None
             t = msg.get("t")
             if t == "userns":
@@ -221,24 +257,27 @@ class Runtime:
                 except ProcessLookupError:
                     pass
             victims.append((p, start))
-        if st.get("cgroup"):
-            cgroups.kill_all(Path(st["cgroup"]), signal.SIGKILL)
+        cg = cgroups.Cgroup.from_state(st.get("cgroup"))
+        if cg:
+            cg.kill_all(signal.SIGKILL)
+            if cg.frozen():
+                cg.freeze(False)  # frozen tasks die only once thawed
         return victims
 
     def _destroy(self, st: dict[str, Any], extra: list[int] | tuple[int, ...] = ()) -> None:
         """Undo create: no process, cgroup or state directory is left."""
         for p, start in self._kill_everything(st, extra):
             _wait_gone(p, start)
-        if st.get("cgroup"):
-            cg = Path(st["cgroup"])
+        cg = cgroups.Cgroup.from_state(st.get("cgroup"))
+        if cg:
             deadline = time.monotonic() + 5
-            while cgroups.procs(cg) and time.monotonic() < deadline:
-                cgroups.kill_all(cg, signal.SIGKILL)
+            while cg.procs() and time.monotonic() < deadline:
+                cg.kill_all(signal.SIGKILL)
                 time.sleep(0.01)
             try:
-                cgroups.remove(cg)
+                cg.remove()
             except OSError as e:
-                self.warn(f"could not remove cgroup {cg}: {e.strerror}")
+                self.warn(f"could not remove cgroup {e.filename}: {e.strerror}")
         self.sd.remove(st["id"])
 
     # -- start ------------------------------------------------------------------------------
@@ -312,22 +351,28 @@ class Runtime:
     def pids(self, cid: str) -> list[int]:
         """Host pids in the container (its cgroup; without one, just the init)."""
         st = self.sd.read(cid)
-        if self.sd.status(st) not in ("created", "running"):
+        if self.sd.status(st) not in ("created", "running", "paused"):
             return []
-        if st.get("cgroup"):
-            return cgroups.procs(Path(st["cgroup"]))
-        return [st["pid"]]
+        cg = cgroups.Cgroup.from_state(st.get("cgroup"))
+        return cg.procs() if cg else [st["pid"]]
 
     def kill(self, cid: str, sig: str = "TERM", all_: bool = False) -> None:
         signum = parse_signal(sig)
         st = self.sd.read(cid)
         status = self.sd.status(st)
-        if status not in ("created", "running"):
+        if status not in ("created", "running", "paused"):
             if all_ and status == "stopped":
                 return  # as runc: nothing left to signal
             raise ContainerError("container not running")
-        if all_ and st.get("cgroup"):
-            cgroups.kill_all(Path(st["cgroup"]), signum)
+        cg = cgroups.Cgroup.from_state(st.get("cgroup"))
+        if all_ and cg:
+            paused = cg.frozen()
+            freeze = cg.can_freeze()
+            if freeze and not paused and signum == signal.SIGKILL:
+                cg.freeze(True)  # as runc: no fork escapes between listing and killing
+            cg.kill_all(signum)
+            if freeze and (signum == signal.SIGKILL or not paused):
+                cg.freeze(False)
         else:
             try:
                 os.kill(st["pid"], signum)
@@ -348,11 +393,166 @@ class Runtime:
         state = hook_state(st, "stopped", None)
         hooks.run_poststop(spec.hooks(st["config"], "poststop"), state, self.warn)
 
+    # -- exec -------------------------------------------------------------------------------
+    def exec(self, cid: str, process: dict[str, Any], detach: bool = False,
+             pid_file: str | None = None, console_socket: str | None = None,
+             ignore_paused: bool = False) -> int:
+        """Run PROCESS in the running container; with DETACH return once it has exec'd."""
+        st = self.sd.read(cid)
+        status = self.sd.status(st)
+        if status == "paused" and not ignore_paused:
+            raise ContainerError("cannot exec in a paused container (use --ignore-paused to "
+                                 "override)")
+        if status not in ("created", "running", "paused"):
+            raise ContainerError("cannot exec in a stopped container")
+        spec.validate_process(process)
+        terminal = bool(process.get("terminal"))
+        if terminal and console_socket is None and detach:
+            raise ContainerError("cannot allocate tty if runc will detach without setting "
+                                 "console socket")
+        if not terminal and console_socket is not None:
+            raise ContainerError("cannot use console socket if runc will not detach or "
+                                 "allocate tty")
+        config = st["config"]
+        ours = None
+        if terminal and console_socket is None:
+            ours, csock = console.socketpair_for_relay()
+        else:
+            csock = console.connect(console_socket) if console_socket else None
+        ns_fds: dict[str, int] = {}
+        try:
+            for t in spec.namespaces(config):
+                if t == "user" and os.readlink(f"/proc/{st['pid']}/ns/user") == \
+                        os.readlink("/proc/self/ns/user"):
+                    continue  # setns into one's own user namespace is EINVAL
+                ns_fds[t] = os.open(f"/proc/{st['pid']}/ns/{spec.NAMESPACE_PROC[t]}",
+                                    os.O_RDONLY | os.O_CLOEXEC)
+            if proc_start_time(st["pid"]) != st["pid_start"]:
+                raise ContainerError("cannot exec in a stopped container")
+            if not detach:
+                sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)  # B re-parents to us: we wait for it
+            parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            pid_a = os.fork()
+            if pid_a == 0:
+                parent.close()
+                exec_init.stage_a(init.Channel(child), ns_fds, config, process, csock)
+        finally:
+            for fd in ns_fds.values():
+                os.close(fd)
+            if csock is not None:
+                csock.close()
+        child.close()
+        pid_b = 0
+        try:
+            with parent:
+                ch = init.Channel(parent)
+                cg = cgroups.Cgroup.from_state(st.get("cgroup"))
+                if cg:
+                    cg.add(pid_a)
+                ch.send(t="ok")
+                while True:
+                    try:
+                        msg = ch.recv()
+                    except ContainerError:
+                        if pid_b:
+                            break  # EOF after "exec": execve happened
+                        raise ContainerError("exec process exited before it started") \
+                            from None
+                    if msg.get("t") == "pid":
+                        pid_b = msg["pid"]
+                        os.waitpid(pid_a, 0)
+                    elif msg.get("t") == "error":
+                        raise ContainerError("unable to start container process: "
+                                             + (msg.get("msg") or "failed"))
+        except BaseException:
+            for p in (pid_a, pid_b):
+                if p:
+                    try:
+                        os.kill(p, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    _wait_gone(p, None, timeout=2)
+            if ours is not None:
+                ours.close()
+            raise
+        if pid_file:
+            tmp = f"{pid_file}.tmp"
+            Path(tmp).write_text(str(pid_b))
+            os.replace(tmp, pid_file)
+        if detach:
+            return 0
+        if ours is not None:
+            with ours:
+                master = console.receive_master(ours)
+            return console.relay(master, pid_b)
+        old = {s: signal.getsignal(s) for s in FORWARDED_SIGNALS}
+
+        def forward(signum: int, _frame: Any) -> None:
+            try:
+                os.kill(pid_b, signum)
+            except ProcessLookupError:
+                pass
+        try:
+            for s in FORWARDED_SIGNALS:
+                signal.signal(s, forward)
+            return self._wait_exit(pid_b)
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    # -- cgroup operations -----------------------------------------------------------------
+    def _live_cgroup(self, cid: str) -> tuple[dict[str, Any], cgroups.Cgroup]:
+        st = self.sd.read(cid)
+        status = self.sd.status(st)
+        if status not in ("created", "running", "paused"):
+            raise ContainerError("container not running")
+        cg = cgroups.Cgroup.from_state(st.get("cgroup"))
+        if cg is None:
+            raise ContainerError("container has no cgroup (rootless without delegation)")
+        return st, cg
+
+    def update(self, cid: str, resources: dict[str, Any]) -> None:
+        """Write new limits into a running container's cgroup and remember them (runc merges
+        the given fields into the container's config)."""
+        spec._validate_resources(resources)
+        st, cg = self._live_cgroup(cid)
+        cg.set(resources, self.warn)
+        linux = st["config"].setdefault("linux", {})
+        merged = linux.setdefault("resources", {})
+        for key, value in resources.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key].update(value)
+            else:
+                merged[key] = value
+        self.sd.write(st)
+
+    def pause(self, cid: str) -> None:
+        st, cg = self._live_cgroup(cid)
+        if self.sd.status(st) != "running":
+            raise ContainerError("container not running")
+        cg.freeze(True)
+
+    def resume(self, cid: str) -> None:
+        st, cg = self._live_cgroup(cid)
+        if self.sd.status(st) != "paused":
+            raise ContainerError("container not paused")
+        cg.freeze(False)
+
+    def stats(self, cid: str) -> dict[str, Any]:
+        _, cg = self._live_cgroup(cid)
+        return {"type": "stats", "id": cid, "data": cgroups.stats(cg)}
+
     # -- run --------------------------------------------------------------------------------
     def run(self, cid: str, bundle: str, pid_file: str | None = None,
-            detach: bool = False) -> int:
-        """create + start; in the foreground also wait, forward signals, and delete."""
-        st = self.create(cid, bundle, pid_file)
+            detach: bool = False, console_socket: str | None = None) -> int:
+        """create + start; in the foreground also wait, forward signals, and delete. A terminal
+        without --console-socket in the foreground: we take the master and relay our stdio."""
+        ours = None
+        if not detach and console_socket is None and _wants_terminal(bundle):
+            ours, theirs = console.socketpair_for_relay()
+            st = self.create(cid, bundle, pid_file, theirs)
+        else:
+            st = self.create(cid, bundle, pid_file, console_socket)
         pid = st["pid"]
         if detach:
             self.start(cid)
@@ -368,6 +568,11 @@ class Runtime:
         try:
             for s in FORWARDED_SIGNALS:
                 signal.signal(s, forward)
+            if ours is not None:
+                with ours:
+                    master = console.receive_master(ours)
+                self.start(cid)
+                return console.relay(master, pid)
             self.start(cid)
             return self._wait_exit(pid)
         finally:

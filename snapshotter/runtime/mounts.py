@@ -14,7 +14,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from snapshotter.runtime import spec
+from snapshotter.runtime import cgroups, spec
 from snapshotter.runtime import syscalls as sc
 
 DEFAULT_DEVICES = [  # (name, major, minor) per runtime-linux.md
@@ -172,30 +172,10 @@ def _mount_one(rootfd: int, bundle: str, m: dict[str, Any]) -> None:
             os.close(fd)
 
 
-def _cgroup_mounts() -> list[tuple[str, str, str]]:
-    """(mountpoint, fstype, super options) of the host's cgroup hierarchies."""
-    out = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        left, _, right = line.partition(" - ")
-        fstype, _src, superopts = (right.split() + ["", "", ""])[:3]
-        if fstype in ("cgroup", "cgroup2"):
-            out.append((left.split()[4], fstype, superopts))
-    return out
-
-
-def _own_cgroups() -> dict[str, str]:
-    """hierarchy controllers (e.g. "cpu,cpuacct" or "" for v2) -> our path in it."""
-    own = {}
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
-        _, ctrls, path = line.split(":", 2)
-        own[ctrls] = path
-    return own
-
-
 def _mount_cgroup(rootfd: int, dest: str, opts: spec.MountOptions) -> None:
     """cgroup v2 host: a cgroup2 mount. v1/hybrid host: as runc does, a tmpfs with each v1
     hierarchy's own cgroup directory bind-mounted read-only (the flags) below it."""
-    mounts = _cgroup_mounts()
+    mounts = cgroups.mounts()
     fd = open_in_root(rootfd, dest, create="dir")
     try:
         if any(mp == "/sys/fs/cgroup" and t == "cgroup2" for mp, t, _ in mounts):
@@ -210,7 +190,7 @@ def _mount_cgroup(rootfd: int, dest: str, opts: spec.MountOptions) -> None:
                  opts.flags & ~(sc.MS_RDONLY | sc.MS_REMOUNT), "mode=755")
     finally:
         os.close(fd)
-    own = _own_cgroups()
+    own = cgroups.own_cgroups()
     for mp, fstype, superopts in mounts:
         if fstype != "cgroup" or not mp.startswith("/sys/fs/cgroup/"):
             continue

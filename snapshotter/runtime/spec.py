@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from snapshotter.runtime import lsm, seccomp
 from snapshotter.runtime import syscalls as sc
 from snapshotter.runtime.errors import ContainerError
 
@@ -60,6 +61,7 @@ _MOUNT_FLAGS: dict[str, tuple[int, int]] = {
     "remount": (sc.MS_REMOUNT, 0),
     "bind": (sc.MS_BIND, 0), "rbind": (sc.MS_BIND | sc.MS_REC, 0),
 }
+MOUNT_FLAG_NAMES = tuple(_MOUNT_FLAGS)
 PROPAGATION = {
     "private": sc.MS_PRIVATE, "rprivate": sc.MS_PRIVATE | sc.MS_REC,
     "shared": sc.MS_SHARED, "rshared": sc.MS_SHARED | sc.MS_REC,
@@ -68,9 +70,14 @@ PROPAGATION = {
 }
 HOOK_NAMES = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart",
               "poststop")
-_SUPPORTED_RESOURCES = {"devices"}  # accepted, see README (runtime): not enforced by a cgroup
-_REFUSED_LINUX = ("seccomp", "intelRdt", "personality", "timeOffsets", "mountLabel")
-_REFUSED_PROCESS = ("apparmorProfile", "selinuxLabel", "ioPriority", "scheduler", "execCPUAffinity")
+# linux.resources: key -> the JSON type of its value (cgroups.py applies them).
+_RESOURCES = {"memory": dict, "cpu": dict, "pids": dict, "blockIO": dict, "network": dict,
+              "hugepageLimits": list, "devices": list, "unified": dict, "rdma": dict}
+_REFUSED_LINUX = ("intelRdt", "personality", "timeOffsets")
+_REFUSED_PROCESS = ("ioPriority", "scheduler", "execCPUAffinity")
+# Ignored while the LSM is disabled on the host (as runc), refused when it is enabled.
+_LSM_FIELDS = (("process", "apparmorProfile", "apparmor"), ("process", "selinuxLabel", "selinux"),
+               ("linux", "mountLabel", "selinux"))
 
 
 class MountOptions:
@@ -169,15 +176,23 @@ def validate(config: Any, rootless: bool = False) -> None:
     for k, v in annotations.items():
         _type(v, str, f"annotations[{k!r}]")
     _validate_linux(config, rootless)
+    for where, key, name in _LSM_FIELDS:
+        value = (config.get(where) or {}).get(key)
+        if value and lsm.enabled(name):
+            raise ContainerError(f"config.json: {where}.{key}: {name} is enabled on this host "
+                                 "and pyunion-runtime cannot apply it")
 
 
 def _validate_process(proc: Any) -> None:
     if proc is None:
         raise ContainerError("config.json: process is required")
     _type(proc, dict, "process")
-    if proc.get("terminal"):
-        raise ContainerError("config.json: process.terminal is not supported "
-                             "(no --console-socket); set it to false")
+    _type(proc.get("terminal", False), bool, "process.terminal")
+    size = proc.get("consoleSize")
+    if size is not None:
+        _type(size, dict, "process.consoleSize")
+        for k in ("height", "width"):
+            _type(size.get(k), int, f"process.consoleSize.{k}")
     args = proc.get("args")
     if not isinstance(args, list) or not args:
         raise ContainerError("args must not be empty")
@@ -210,6 +225,11 @@ def _validate_process(proc: Any) -> None:
     for key in _REFUSED_PROCESS:
         if proc.get(key):
             raise ContainerError(f"config.json: process.{key} is not supported")
+
+
+def validate_process(proc: Any) -> None:
+    """An `exec` process (process.json or built from the command line)."""
+    _validate_process(proc)
 
 
 def _validate_mount(m: Any, i: int) -> None:
@@ -299,14 +319,47 @@ def _validate_linux(config: dict, rootless: bool = False) -> None:
             _type(d.get("minor"), int, "linux.devices[].minor")
     resources = linux.get("resources") or {}
     _type(resources, dict, "linux.resources")
-    for key, value in resources.items():
-        if value and key not in _SUPPORTED_RESOURCES and not rootless:
-            raise ContainerError(f"config.json: linux.resources.{key} is not supported")
+    _validate_resources(resources)
     if "cgroupsPath" in linux:
         _type(linux["cgroupsPath"], str, "linux.cgroupsPath")
+    if linux.get("seccomp") is not None:
+        seccomp.validate(linux["seccomp"])
     for key in _REFUSED_LINUX:
         if linux.get(key):
             raise ContainerError(f"config.json: linux.{key} is not supported")
+
+
+def _validate_resources(resources: dict) -> None:
+    """Shapes only; what the host's cgroups can apply is checked when they are written."""
+    for key, typ in _RESOURCES.items():
+        value = resources.get(key)
+        if value is None:
+            continue
+        _type(value, typ, f"linux.resources.{key}")
+        if isinstance(value, dict) and key != "unified":
+            for k, v in value.items():
+                if isinstance(v, (dict, list, str, bool)) or v is None:
+                    continue
+                _type(v, int, f"linux.resources.{key}.{k}")
+    if resources.get("rdma"):
+        raise ContainerError("config.json: linux.resources.rdma is not supported")
+    pids = resources.get("pids")
+    if pids is not None:
+        _type(pids.get("limit"), int, "linux.resources.pids.limit")
+    for h in resources.get("hugepageLimits") or []:
+        _type(h, dict, "linux.resources.hugepageLimits[]")
+        _type(h.get("pageSize"), str, "linux.resources.hugepageLimits[].pageSize")
+        _type(h.get("limit"), int, "linux.resources.hugepageLimits[].limit")
+    for d in resources.get("devices") or []:
+        _type(d, dict, "linux.resources.devices[]")
+        _type(d.get("allow"), bool, "linux.resources.devices[].allow")
+        if d.get("type", "a") not in ("a", "b", "c"):
+            raise ContainerError(f"config.json: device rule type {d.get('type')!r} is not valid")
+        access = d.get("access") or ""
+        if not set(access) <= set("rwm"):
+            raise ContainerError(f"config.json: device rule access {access!r} is not valid")
+    for k, v in (resources.get("unified") or {}).items():
+        _type(v, str, f"linux.resources.unified[{k!r}]")
 
 
 def _ns_path(linux: dict, ns_type: str) -> str | None:
@@ -360,7 +413,8 @@ def hooks(config: dict, name: str) -> list[dict]:
 
 
 def default_spec() -> dict[str, Any]:
-    """What `spec` writes: runc's default, except terminal=false (no console socket yet)."""
+    """What `spec` writes: runc's default, except terminal=false (so a bundle made with it runs
+    detached and under test harnesses without a console socket)."""
     caps = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
     nosuid_noexec_nodev = ["nosuid", "noexec", "nodev"]
     return {

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from snapshotter.runtime import cgroups
 from snapshotter.runtime.errors import ContainerError
 
 DEFAULT_ROOT = "/run/pyunion-runtime"
@@ -79,7 +80,7 @@ class StateDir:
         return sorted(p.name for p in self.root.iterdir() if (p / STATE_FILE).is_file())
 
     def status(self, st: dict[str, Any]) -> str:
-        """creating | created | running | stopped, from the live system."""
+        """creating | created | running | paused | stopped, from the live system."""
         if st.get("status") == "creating":
             creator = st.get("creator")
             if creator and proc_start_time(creator[0]) == creator[1]:
@@ -87,7 +88,10 @@ class StateDir:
             return "stopped"  # the creating runtime died: what is left is only deletable
         pid, start = st.get("pid") or 0, st.get("pid_start")
         if pid and proc_start_time(pid) == start:
-            return "created" if self.fifo(st["id"]).exists() else "running"
+            if self.fifo(st["id"]).exists():
+                return "created"
+            cg = cgroups.Cgroup.from_state(st.get("cgroup"))
+            return "paused" if cg and cg.frozen() else "running"
         return "stopped"
 
     def public(self, st: dict[str, Any]) -> dict[str, Any]:

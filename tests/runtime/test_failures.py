@@ -86,11 +86,12 @@ def test_bad_config(pyrt, bundles, text):
 
 def test_refused_fields(pyrt, bundles):
     for edit, word in [
-        (lambda c: c["process"].update(terminal=True), "process.terminal is not supported"),
-        (lambda c: c["linux"].update(seccomp={"defaultAction": "SCMP_ACT_ALLOW"}),
-         "linux.seccomp is not supported"),
-        (lambda c: c["linux"]["resources"].update(memory={"limit": 1 << 20}),
-         "linux.resources.memory is not supported"),
+        (lambda c: c["process"].update(terminal=True), ("cannot allocate tty if runc will "
+         "detach without setting console socket")),
+        (lambda c: c["linux"].update(seccomp={"defaultAction": "SCMP_ACT_NOTIFY"}),
+         "SCMP_ACT_NOTIFY (a seccomp listener) is not supported"),
+        (lambda c: c["linux"]["resources"].update(rdma={"mlx5_1": {"hcaHandles": 3}}),
+         "linux.resources.rdma is not supported"),
         (lambda c: c["process"]["capabilities"]["bounding"].append("CAP_NOPE"),
          "unknown capability"),
     ]:

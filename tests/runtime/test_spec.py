@@ -31,7 +31,7 @@ def test_default_spec_is_valid_and_unknown_fields_ignored():
     (lambda c: c.pop("process"), "process is required"),
     (lambda c: c["process"].update(args=[]), "args must not be empty"),
     (lambda c: c["process"].update(cwd="rel"), "cwd property must not be empty"),
-    (lambda c: c["process"].update(terminal=True), "terminal is not supported"),
+    (lambda c: c["process"].update(terminal="yes"), "process.terminal has the wrong type"),
     (lambda c: c["root"].pop("path"), "root.path is required"),
     (lambda c: c["linux"]["namespaces"].append({"type": "pid"}), "duplicated ns"),
     (lambda c: c["linux"]["namespaces"].append({"type": "time"}), "'time' is not supported"),
