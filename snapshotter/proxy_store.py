@@ -1,29 +1,33 @@
-"""containerd's view of the store: per-namespace key spaces, and zero unpack (pure logic).
+"""containerd's view of the store: namespaces, and zero unpack (pure logic).
 
 The gRPC server (grpc_server.py) calls this; it holds no gRPC. Snapshots containerd creates live
 in the same store as `pyunion snapshot` / `pyunion image`, under keys of their own:
 
     @containerd/<namespace>/<key as containerd sent it>
 
-so a namespace sees only its own snapshots, and `list` never shows containerd anything it did
-not create: containerd's garbage collector removes every backend snapshot it lists and does not
-reference, so listing `pyunion image import`'s layers would get them deleted.
+so `list` never shows containerd anything it did not create: containerd's garbage collector
+removes every backend snapshot it lists and does not reference, so listing the layers of
+`pyunion image import` would get them deleted.
 
-containerd sends the namespace as gRPC metadata (`containerd-namespace`) on every call made for
-a client, but its garbage collector lists and removes without one (core/metadata/snapshot.go):
-then `list` spans all namespaces and a key is looked up in whichever namespace holds it (keys
-containerd makes, `<ns>/<seq>/<key>`, are unique across namespaces). Creating a snapshot needs a
-namespace.
+The namespace of a new snapshot is the one named in gRPC metadata (`containerd-namespace`) or,
+when the call carries none, the one at the head of containerd's key (`<ns>/<seq>/<key>`,
+core/metadata/snapshot.go), else the shared space "". containerd 1.6 is not consistent about
+the metadata: calls made for `ctr` carry none, calls made by its CRI plugin do (observed), and
+its garbage collector lists and removes without one. So a call naming a namespace sees that
+namespace's snapshots (and the shared space's); a call naming none sees all, and finds a key
+wherever it is unique (containerd's keys are unique across namespaces: they start with one).
 
 Zero unpack follows containerd's remote-snapshotter protocol
 (docs/snapshotters/remote-snapshotter.md): a Prepare labelled `containerd.io/snapshot.ref=CHAIN`
 where pyunion's own store already holds CHAIN committed (from `pyunion image import`) is answered
-by committing CHAIN, with containerd's parent and labels, in the namespace and raising
-AlreadyExists; containerd then finds it with List and neither fetches nor unpacks the layer.
+by committing a hard-linked copy of that layer, on containerd's parent and with its labels, and
+raising AlreadyExists; containerd then finds it with List (by that label and parent), records
+it, and neither fetches nor unpacks the layer.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,11 +40,12 @@ SNAPSHOT_REF = "containerd.io/snapshot.ref"
 ZERO_UNPACK_LABEL = "pyunion.io/zero-unpack"     # on a snapshot made by zero unpack: its source
 _NAMESPACE = re.compile(r"^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$")  # containerd's identifiers
 MAX_NAMESPACE = 76
+_CONTAINERD_KEY = re.compile(r"^([A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*)/[0-9]+/")  # <ns>/<seq>/
 
 
 def check_namespace(ns: str) -> str:
-    """containerd's namespace rule (pkg/identifiers): alphanumerics joined by . _ -."""
-    if not ns or len(ns) > MAX_NAMESPACE or not _NAMESPACE.match(ns):
+    """containerd's namespace rule (pkg/identifiers): alphanumerics joined by . _ -; or ""."""
+    if ns and (len(ns) > MAX_NAMESPACE or not _NAMESPACE.match(ns)):
         raise InvalidArgument(f"namespace {ns!r}: invalid namespace name")
     return ns
 
@@ -58,7 +63,7 @@ def split_internal(key: str) -> tuple[str, str] | None:
 
 
 class NamespacedSnapshots:
-    """The Snapshotter API as containerd sees it through one namespace (None: all of them)."""
+    """The Snapshotter API as containerd sees it; `ns` is the call's namespace (None: none)."""
 
     def __init__(self, sn: Snapshotter):
         self.sn = sn
@@ -66,25 +71,49 @@ class NamespacedSnapshots:
     # -- key mapping ------------------------------------------------------------------------
 
     def _resolve(self, ns: str | None, key: str) -> str:
-        """The internal key of an existing snapshot; NotFound when none or not containerd's."""
+        """The internal key of an existing snapshot of containerd's; NotFound when none.
+
+        A call naming a namespace finds that namespace's snapshots and the shared space's; a
+        call naming none finds a key in whichever namespace holds it, if only one does.
+        """
         if not key:
             raise InvalidArgument("snapshot key must not be empty")
-        if ns is not None:
-            return internal_key(check_namespace(ns), key)
+        if ns:
+            for space in (check_namespace(ns), ""):
+                if self._exists(internal_key(space, key)):
+                    return internal_key(space, key)
+            raise NotFound(f"snapshot {key!r} does not exist")
         found = [i.name for i in self.sn.walk()
                  if (s := split_internal(i.name)) is not None and s[1] == key]
-        if not found:
-            raise NotFound(f"snapshot {key!r} does not exist")
         if len(found) > 1:
             raise FailedPrecondition(f"snapshot {key!r} exists in several namespaces:"
                                      " name the namespace")
+        if not found:
+            raise NotFound(f"snapshot {key!r} does not exist")
         return found[0]
 
+    def _exists(self, internal: str) -> bool:
+        try:
+            self.sn.stat(internal)
+        except NotFound:
+            return False
+        return True
+
     @staticmethod
-    def _required(ns: str | None) -> str:
-        if ns is None:
-            raise FailedPrecondition("namespace is required: set containerd-namespace metadata")
-        return check_namespace(ns)
+    def _space(ns: str | None, key: str) -> str:
+        """The namespace a new snapshot goes to (see the module docstring)."""
+        if ns:
+            return check_namespace(ns)
+        m = _CONTAINERD_KEY.match(key)
+        return m[1] if m and len(m[1]) <= MAX_NAMESPACE else ""
+
+    def _parent(self, ns: str | None, parent: str) -> str:
+        if not parent:
+            return ""
+        try:
+            return self._resolve(ns, parent)
+        except NotFound:
+            raise NotFound(f"parent snapshot {parent!r} does not exist") from None
 
     @staticmethod
     def _outward(info: Info) -> Info:
@@ -108,24 +137,30 @@ class NamespacedSnapshots:
 
     def prepare(self, ns: str | None, key: str, parent: str = "",
                 labels: dict[str, str] | None = None) -> list[Mount]:
-        ns = self._required(ns)
+        if not key:
+            raise InvalidArgument("snapshot key must not be empty")
+        space = self._space(ns, key)
+        parent_key = self._parent(ns, parent)
         labels = dict(labels or {})
         ref = labels.get(SNAPSHOT_REF, "")
         if ref:
-            self._zero_unpack(ns, ref, parent, labels)   # raises AlreadyExists when it can
-        return self.sn.prepare(internal_key(ns, key), self._parent(ns, parent), labels)
+            self._zero_unpack(space, ref, parent_key, labels)  # AlreadyExists when it can
+        return self.sn.prepare(internal_key(space, key), parent_key, labels)
 
     def view(self, ns: str | None, key: str, parent: str = "",
              labels: dict[str, str] | None = None) -> list[Mount]:
-        ns = self._required(ns)
-        return self.sn.view(internal_key(ns, key), self._parent(ns, parent), labels)
+        if not key:
+            raise InvalidArgument("snapshot key must not be empty")
+        return self.sn.view(internal_key(self._space(ns, key), key), self._parent(ns, parent),
+                            labels)
 
     def commit(self, ns: str | None, name: str, key: str,
                labels: dict[str, str] | None = None) -> None:
-        ns = self._required(ns)
         if not name:
             raise InvalidArgument("snapshot name must not be empty")
-        self.sn.commit(internal_key(ns, name), self._resolve(ns, key), labels)
+        active = self._resolve(ns, key)
+        space = split_internal(active)[0]        # the name joins the active snapshot's space
+        self.sn.commit(internal_key(space, name), active, labels)
 
     def remove(self, ns: str | None, key: str) -> None:
         self.sn.remove(self._resolve(ns, key))
@@ -139,8 +174,7 @@ class NamespacedSnapshots:
     def walk(self, ns: str | None, *filters: str) -> Iterator[Info]:
         """containerd's snapshots in `ns` (all namespaces for None) matching any filter."""
         parsed = [parse_filter(f) for f in filters if f.strip()]
-        if ns is not None:
-            check_namespace(ns)
+        ns = check_namespace(ns) if ns else None
         for info in self.sn.walk():
             own = split_internal(info.name)
             if own is None or (ns is not None and own[0] != ns):
@@ -157,33 +191,37 @@ class NamespacedSnapshots:
 
     # -- helpers ------------------------------------------------------------------------------
 
-    @staticmethod
-    def _parent(ns: str, parent: str) -> str:
-        return internal_key(ns, parent) if parent else ""
+    def _zero_unpack(self, space: str, ref: str, parent_key: str,
+                     labels: dict[str, str]) -> None:
+        """Commit pyunion's layer `ref` for containerd and raise AlreadyExists, if we hold it.
 
-    def _zero_unpack(self, ns: str, ref: str, parent: str, labels: dict[str, str]) -> None:
-        """Commit pyunion's layer `ref` as containerd's and raise AlreadyExists, if we hold it."""
-        name = internal_key(ns, ref)
-        try:
-            have = self.sn.stat(name)
-        except NotFound:
-            have = None
-        if have is not None:
-            if have.kind is Kind.COMMITTED and have.parent == self._parent(ns, parent):
-                raise AlreadyExists(f"target snapshot {ref!r} already exists")
-            return      # something else holds that name: unpack as usual
+        Its name is `<namespace>/pyunion/<chain ID>` (just the chain ID in the shared space):
+        unique across namespaces, and never one of containerd's own `<ns>/<seq>/...` keys. If
+        that name is taken on another parent, a tag of the parent is added.
+        """
         try:
             own = self.sn.stat(ref)
         except NotFound:
             return
         if own.kind is not Kind.COMMITTED:
             return
-        try:
-            self.sn.commit_copy(name, self._parent(ns, parent), ref,
-                                {**labels, ZERO_UNPACK_LABEL: ref})
-        except AlreadyExists:
-            pass        # a concurrent Prepare of the same layer committed it first
-        raise AlreadyExists(f"target snapshot {ref!r} already exists")
+        base = f"{space}/pyunion/{ref}" if space else ref
+        tag = hashlib.sha256(parent_key.encode()).hexdigest()[:16]
+        for name in (base, f"{base}@{tag}"):
+            key = internal_key(space, name)
+            try:
+                have = self.sn.stat(key)
+            except NotFound:
+                try:
+                    self.sn.commit_copy(key, parent_key, ref, {**labels, ZERO_UNPACK_LABEL: ref})
+                except AlreadyExists:
+                    have = self.sn.stat(key)    # a concurrent Prepare of the same layer won
+                else:
+                    raise AlreadyExists(f"target snapshot {ref!r} already exists") from None
+            if have.kind is Kind.COMMITTED and have.parent == parent_key \
+                    and have.labels.get(SNAPSHOT_REF) == ref:
+                raise AlreadyExists(f"target snapshot {ref!r} already exists")
+        # both names taken by something else: containerd unpacks the layer as usual
 
     @property
     def root(self) -> Path:
