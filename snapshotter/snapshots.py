@@ -12,6 +12,7 @@ reason.
 from __future__ import annotations
 
 import enum
+import fcntl
 import json
 import os
 import re
@@ -415,6 +416,7 @@ class Snapshotter:
             if tx.get(name) is not None:
                 raise AlreadyExists(f"snapshot {name!r} already exists")
         tmp = Path(tempfile.mkdtemp(prefix="new-", dir=self.snapshots_dir))
+        busy = _hold(tmp)      # built outside the lock: tell cleanup it is not a leftover
         try:
             _run(["cp", "-a", "--link", "--no-target-directory", str(self._fs(src.id)),
                   str(tmp / "fs")])
@@ -444,6 +446,8 @@ class Snapshotter:
         except BaseException:
             _rmtree(tmp)
             raise
+        finally:
+            os.close(busy)
 
     def _check_committable(self, tx: Tx, name: str, key: str) -> Row:
         if tx.get(name) is not None:
@@ -475,11 +479,14 @@ class Snapshotter:
                 yield info
 
     def cleanup(self) -> None:
-        """Remove every snapshot directory without metadata (crash leftovers, removed ones)."""
+        """Remove every snapshot directory without metadata (crash leftovers, removed ones).
+
+        A `new-*` directory another call is still building holds a lock and is skipped.
+        """
         with self._db.write() as tx:
             live = {str(i) for i in tx.ids()}
             for entry in os.listdir(self.snapshots_dir):
-                if entry not in live:
+                if entry not in live and not _in_use(self.snapshots_dir / entry):
                     _rmtree(self.snapshots_dir / entry)
 
     def close(self) -> None:
@@ -504,6 +511,28 @@ class Snapshotter:
         """`fs` dirs of the snapshot's parent chain (itself excluded), top first."""
         with self._db.read() as tx:
             return [self._fs(r.id) for r in tx.chain(self._need(tx, key).id)[1:]]
+
+
+def _hold(path: Path) -> int:
+    """Lock a directory being built (released by closing the descriptor, or by dying)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _in_use(path: Path) -> bool:
+    """True if a live process holds `_hold`'s lock on this directory."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _rmtree(path: Path) -> None:

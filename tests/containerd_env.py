@@ -38,14 +38,14 @@ def have_containerd() -> str | None:
     return None
 
 
-def cri_toml(base: Path, registry: str) -> str:
-    """The CRI plugin on, pulling with pyunion's snapshotter from a plain-HTTP registry."""
+def cri_toml(base: Path, registry: str, snapshotter: str = SNAPSHOTTER) -> str:
+    """The CRI plugin on, pulling with SNAPSHOTTER from a plain-HTTP registry."""
     return f"""
 [plugins."io.containerd.grpc.v1.cri"]
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
   [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "{SNAPSHOTTER}"
+    snapshotter = "{snapshotter}"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{base}/cni/bin"
     conf_dir = "{base}/cni/conf"
@@ -54,7 +54,8 @@ def cri_toml(base: Path, registry: str) -> str:
 """
 
 
-def config_toml(base: Path, pyunion_sock: Path, registry: str | None = None) -> str:
+def config_toml(base: Path, pyunion_sock: Path, registry: str | None = None,
+                cri_snapshotter: str = SNAPSHOTTER) -> str:
     disabled = "" if registry else '"io.containerd.grpc.v1.cri"'
     return f"""version = 2
 root = "{base}/root"
@@ -78,7 +79,7 @@ disabled_plugins = [{disabled}]
   [proxy_plugins.{SNAPSHOTTER}]
     type = "snapshot"
     address = "{pyunion_sock}"
-""" + (cri_toml(base, registry) if registry else "")
+""" + (cri_toml(base, registry, cri_snapshotter) if registry else "")
 
 
 class Containerd:
@@ -87,6 +88,7 @@ class Containerd:
     def __init__(self, base: Path, store_root: Path | None = None, cri_registry: str | None = None):
         self.base = base.absolute()
         self.cri_registry = cri_registry     # host:port of a plain-HTTP registry: CRI plugin on
+        self.cri_snapshotter = SNAPSHOTTER
         self.sock = self.base / "containerd.sock"
         self.pyunion_sock = self.base / "pyunion.sock"
         self.store_root = (store_root or self.base / "pyunion-store").absolute()
@@ -98,7 +100,8 @@ class Containerd:
     def start(self) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
         cfg = self.base / "config.toml"
-        cfg.write_text(config_toml(self.base, self.pyunion_sock, self.cri_registry))
+        cfg.write_text(config_toml(self.base, self.pyunion_sock, self.cri_registry,
+                                   self.cri_snapshotter))
         self.snapshotter.start()
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen(["containerd", "--config", str(cfg)], stdout=logf,

@@ -9,6 +9,7 @@ through containerd's CRI plugin (as the kubelet does) from a loopback registry.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -133,12 +134,30 @@ def test_image_rm_and_gc_keep_pyunions_images(ctrd, tmp_path):
             assert st.snapshots.fs_path(chain).is_dir()
 
 
+def test_containers_started_at_once(ctrd):
+    """Six `ctr run` at once: parallel Prepare/Mounts/Remove through one server."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> str:
+        return ctrd.ctr("run", *SN, "--rm", IMAGE, f"par{i}", "sh", "-c",
+                        f"echo {i} > /mine; cat /mine /etc/motd").stdout
+    with ThreadPoolExecutor(6) as pool:
+        outs = list(pool.map(one, range(6)))
+    assert outs == [f"{i}\nbuilt by tests/imagebuild.py\n" for i in range(6)]
+    db = sqlite3.connect(ctrd.store_root / "metadata.db")
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        db.close()
+
+
 def test_restart_keeps_running_containers_and_containerd_reconnects(tmp_path):
     tar = build_busybox_image(tmp_path / "busybox.tar", "oci-tar")
     with running_containerd(tmp_path / "c") as c:
         c.ctr("images", "import", *SN, str(tar))
         c.ctr("run", "-d", *SN, IMAGE, "long", "sh", "-c", "echo up > /state; sleep 600")
         try:
+            before = containerd_rows(c.store_root)
             c.snapshotter.stop()
             # the running container keeps its root filesystem while the server is away
             r = c.ctr("tasks", "exec", "--exec-id", "e1", "long", "sh", "-c",
@@ -154,6 +173,7 @@ def test_restart_keeps_running_containers_and_containerd_reconnects(tmp_path):
                 time.sleep(1)
             assert r.returncode == 0, r.stderr
             assert any(line.startswith("long ") for line in r.stdout.splitlines())
+            assert containerd_rows(c.store_root).keys() == before.keys()    # nothing lost
             r = c.ctr("tasks", "exec", "--exec-id", "e2", "long", "cat", "/during")
             assert r.stdout == "during\n"
             r = c.ctr("run", *SN, "--rm", IMAGE, "after", "cat", "/etc/motd")

@@ -326,3 +326,22 @@ def test_serve_refuses_a_live_socket_and_bad_usage(server):
     assert r.returncode == 2 and "--address" in r.stderr
     with client(server) as c:        # the running server was not disturbed
         c.prepare("still-here", "")
+
+
+def test_cleanup_spares_a_directory_still_being_built(tmp_path):
+    """containerd calls Cleanup after every garbage collection, while zero unpack may be
+    hard-linking a layer into a new-* directory outside the metadata lock."""
+    from snapshotter.snapshots import _hold
+    with Snapshotter(tmp_path / "root") as sn:
+        building = sn.snapshots_dir / "new-building"
+        building.mkdir()
+        leftover = sn.snapshots_dir / "new-crashed"
+        leftover.mkdir()
+        fd = _hold(building)
+        try:
+            sn.cleanup()
+            assert building.is_dir() and not leftover.exists()
+        finally:
+            os.close(fd)
+        sn.cleanup()
+        assert not building.exists()
