@@ -40,7 +40,8 @@ SNAPSHOT_REF = "containerd.io/snapshot.ref"
 ZERO_UNPACK_LABEL = "pyunion.io/zero-unpack"     # on a snapshot made by zero unpack: its source
 _NAMESPACE = re.compile(r"^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$")  # containerd's identifiers
 MAX_NAMESPACE = 76
-_CONTAINERD_KEY = re.compile(r"^([A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*)/[0-9]+/")  # <ns>/<seq>/
+# containerd's backend keys, <ns>/<seq>/<key>, and zero unpack's names, <ns>/pyunion/<chain>
+_CONTAINERD_KEY = re.compile(r"^([A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*)/(?:[0-9]+|pyunion)/")
 
 
 def check_namespace(ns: str) -> str:
@@ -74,7 +75,8 @@ class NamespacedSnapshots:
         """The internal key of an existing snapshot of containerd's; NotFound when none.
 
         A call naming a namespace finds that namespace's snapshots and the shared space's; a
-        call naming none finds a key in whichever namespace holds it, if only one does.
+        call naming none looks in the namespace at the head of the key and in the shared space,
+        then in whichever namespace holds the key, if only one does.
         """
         if not key:
             raise InvalidArgument("snapshot key must not be empty")
@@ -83,6 +85,9 @@ class NamespacedSnapshots:
                 if self._exists(internal_key(space, key)):
                     return internal_key(space, key)
             raise NotFound(f"snapshot {key!r} does not exist")
+        for space in dict.fromkeys((self._space(None, key), "")):   # the usual homes first
+            if self._exists(internal_key(space, key)):
+                return internal_key(space, key)
         found = [i.name for i in self.sn.walk()
                  if (s := split_internal(i.name)) is not None and s[1] == key]
         if len(found) > 1:
