@@ -345,3 +345,17 @@ def test_cleanup_spares_a_directory_still_being_built(tmp_path):
             os.close(fd)
         sn.cleanup()
         assert not building.exists()
+
+
+def test_sigterm_ends_the_server_cleanly(tmp_path):
+    """A stopped server removes its socket and exits 0; a new one starts on the same path."""
+    sock = tmp_path / "sn.sock"
+    with running_server(sock, tmp_path / "root") as srv:
+        with client(srv) as c:
+            c.prepare("kept", "")
+        proc = srv.proc
+        srv.stop()
+        assert proc.returncode == 0 and not sock.exists()
+        srv.start()
+        with client(srv) as c:
+            assert c.stat("kept").kind is Kind.ACTIVE
