@@ -2,7 +2,8 @@
 # Idempotent set-up for a fresh Debian 12 machine as root: system packages, then .venv with pyunion.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# podman + containerd: real clients of pyunion-runtime in tests; libseccomp2: its seccomp filters.
+# podman + containerd: real clients of pyunion-runtime and of the proxy snapshotter in tests;
+# libseccomp2: the runtime's seccomp filters.
 PKGS="python3 fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev attr fuse-overlayfs unionfs-fuse runc busybox-static umoci skopeo uidmap util-linux iproute2 procps zstd libseccomp2 podman containerd"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
@@ -18,7 +19,7 @@ if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
 stamp=".venv/.pyunion-installed"
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[test,bench]' >/dev/null 2>.venv/pip.log \
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test,bench,containerd]' >/dev/null 2>.venv/pip.log \
     || { cat .venv/pip.log >&2; echo "setup: pip install failed" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi

@@ -12,6 +12,7 @@ reason.
 from __future__ import annotations
 
 import enum
+import fcntl
 import json
 import os
 import re
@@ -169,10 +170,12 @@ def _field(info: Info, path: tuple[str, ...]) -> tuple[str, bool]:
     head, rest = path[0], path[1:]
     if head == "kind" and not rest:
         return info.kind.value, True
+    # name and parent are always present, as in containerd's adaptors: `parent==""` selects the
+    # snapshots without a parent (containerd's remote-snapshot lookup sends exactly that).
     if head == "name" and not rest:
-        return info.name, bool(info.name)
+        return info.name, True
     if head == "parent" and not rest:
-        return info.parent, bool(info.parent)
+        return info.parent, True
     if head == "labels" and rest:
         key = ".".join(rest)
         return info.labels.get(key, ""), key in info.labels
@@ -402,6 +405,59 @@ class Snapshotter:
                 raise FailedPrecondition(f"snapshot {key!r} changed during commit")
             tx.commit_active(row.id, name, labels, now_micros(), use.size, use.inodes)
 
+    def commit_copy(self, name: str, parent: str, source: str,
+                    labels: dict | None = None) -> Info:
+        """Commit `name` (on `parent`) holding the same changeset as committed `source`.
+
+        The tree is hard-linked, not copied: files share inodes with `source`, directories are
+        made anew with their modes, owners, times and xattrs. Both stay independent snapshots
+        (removing one never touches the other), and committed layers are never written, so the
+        shared inodes never change. It serves containerd's remote-snapshot protocol, which
+        needs a layer pyunion already holds under a name and parent of containerd's choosing.
+        """
+        if not name:
+            raise InvalidArgument("snapshot name must not be empty")
+        labels = validate_labels(labels)
+        with self._db.read() as tx:
+            src = self._need(tx, source)
+            if src.kind != Kind.COMMITTED.value:
+                raise FailedPrecondition(f"snapshot {source!r} is {src.kind}, not committed")
+            if tx.get(name) is not None:
+                raise AlreadyExists(f"snapshot {name!r} already exists")
+        tmp = Path(tempfile.mkdtemp(prefix="new-", dir=self.snapshots_dir))
+        busy = _hold(tmp)      # built outside the lock: tell cleanup it is not a leftover
+        try:
+            _run(["cp", "-a", "--link", "--no-target-directory", str(self._fs(src.id)),
+                  str(tmp / "fs")])
+            with self._db.write() as tx:
+                if tx.get(name) is not None:
+                    raise AlreadyExists(f"snapshot {name!r} already exists")
+                if self._need(tx, source).id != src.id:
+                    raise FailedPrecondition(f"snapshot {source!r} changed during the copy")
+                parent_id = None
+                if parent:
+                    prow = self._need(tx, parent)
+                    if prow.kind != Kind.COMMITTED.value:
+                        raise InvalidArgument(f"parent {parent!r} is not a committed snapshot")
+                    parent_id = prow.id
+                ts = now_micros()
+                sid = tx.insert(name, Kind.ACTIVE.value, parent_id, labels, ts)
+                size, inodes = src.size, src.inodes
+                if size is None:
+                    use = disk_usage(tmp / "fs")
+                    size, inodes = use.size, use.inodes
+                tx.commit_active(sid, name, labels, ts, size, inodes or 0)
+                final = self._dir(sid)
+                if final.exists() or final.is_symlink():
+                    _rmtree(final)
+                os.rename(tmp, final)
+                return self._info(self._need(tx, name))
+        except BaseException:
+            _rmtree(tmp)
+            raise
+        finally:
+            os.close(busy)
+
     def _check_committable(self, tx: Tx, name: str, key: str) -> Row:
         if tx.get(name) is not None:
             raise AlreadyExists(f"snapshot {name!r} already exists")
@@ -432,11 +488,14 @@ class Snapshotter:
                 yield info
 
     def cleanup(self) -> None:
-        """Remove every snapshot directory without metadata (crash leftovers, removed ones)."""
+        """Remove every snapshot directory without metadata (crash leftovers, removed ones).
+
+        A `new-*` directory another call is still building holds a lock and is skipped.
+        """
         with self._db.write() as tx:
             live = {str(i) for i in tx.ids()}
             for entry in os.listdir(self.snapshots_dir):
-                if entry not in live:
+                if entry not in live and not _in_use(self.snapshots_dir / entry):
                     _rmtree(self.snapshots_dir / entry)
 
     def close(self) -> None:
@@ -461,6 +520,28 @@ class Snapshotter:
         """`fs` dirs of the snapshot's parent chain (itself excluded), top first."""
         with self._db.read() as tx:
             return [self._fs(r.id) for r in tx.chain(self._need(tx, key).id)[1:]]
+
+
+def _hold(path: Path) -> int:
+    """Lock a directory being built (released by closing the descriptor, or by dying)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _in_use(path: Path) -> bool:
+    """True if a live process holds `_hold`'s lock on this directory."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _rmtree(path: Path) -> None:

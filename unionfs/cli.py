@@ -17,6 +17,7 @@ usage: pyunion mount [-f] [-o OPT,...] UPPER:LOWER1[:LOWER2...] TARGET
        pyunion SOURCE TARGET -o OPTIONS                              (mount.fuse3 form)
        pyunion image import|ls|inspect|rm|export|commit ...
        pyunion snapshot prepare|view|commit|rm|info|ls|usage|mounts|label|cleanup|mount ...
+       pyunion snapshotter serve --address SOCKET [--root DIR]   (containerd proxy plugin)
        pyunion run [OPTIONS] IMAGE [CMD ARGS...]
        pyunion rm [-f] NAME...   (what a `pyunion run --name NAME` left: container, mount, snapshot)
        pyunion runtime ...   (runc's command line; also the `pyunion-runtime` executable)
@@ -48,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "snapshot":
         from snapshotter.snapshot_cli import main as snapshot_main
         return snapshot_main(rest)
+    if cmd == "snapshotter":
+        from snapshotter.snapshotter_cli import main as snapshotter_main
+        return snapshotter_main(rest)
     if cmd == "run":
         from snapshotter.run import main as run_main
         return run_main(rest)

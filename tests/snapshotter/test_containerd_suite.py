@@ -1,6 +1,10 @@
 """containerd's snapshotter test suite (core/snapshots/testsuite/testsuite.go and issues.go),
-ported case by case to this store, with real mounts: pyunion for stacked layers, bind mounts for
-single layers (the same shapes containerd's overlay snapshotter returns).
+ported case by case, with real mounts: pyunion for stacked layers, bind mounts for single layers
+(the same shapes containerd's overlay snapshotter returns).
+
+One suite, run against each implementation of the interface: the local store (`local`) and
+`pyunion snapshotter serve` in its own process through a gRPC client (`grpc`), the way
+containerd's proxy plugin reaches it.
 
 Like the original, every case gets a fresh store root and a separate work area, keys are often
 paths under the work area, and content is checked by comparing a mounted View with a flat
@@ -28,6 +32,7 @@ import pytest
 from snapshotter.errors import InvalidArgument
 from snapshotter.snapshots import Info, Kind, Mount, Snapshotter, mount_snapshot, unmount
 from tests.mounting import force_unmount, is_mounted
+from tests.snapshotter.grpc_support import running_server
 
 GC_ROOT = {"containerd.io/gc.root": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
@@ -154,6 +159,20 @@ def test_check_directory_equal_sees_differences(tmp_path):
 
 
 # ------------------------------------------------------------------ harness ------------------
+
+@pytest.fixture(params=["local", "grpc"])
+def sn(request, tmp_path) -> Iterator[Snapshotter]:
+    """A fresh store per case: the local Snapshotter, or a gRPC client of a fresh server."""
+    if request.param == "local":
+        s = Snapshotter(tmp_path / "root")
+        yield s
+        s.close()
+        return
+    from snapshotter.grpc_client import SnapshotsClient
+    sock = tmp_path / "sn.sock"
+    with running_server(sock, tmp_path / "root"), SnapshotsClient(sock, "suite") as c:
+        yield c
+
 
 @pytest.fixture(autouse=True)
 def clear_umask():
