@@ -62,9 +62,9 @@ def test_target_the_user_does_not_own_refused_with_fusermount3s_reason(user, tmp
 
 
 @pytest.mark.parametrize("xdg", [True, False])
-def test_user_pid_record_is_where_the_readme_says(user, xdg):
-    """README: `$XDG_RUNTIME_DIR/pyunion/mounts/`, else `/tmp/pyunion-UID/pyunion/mounts/`."""
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+def test_user_pid_record_is_where_the_docs_say(user, xdg):
+    """docs/union.md: `$XDG_RUNTIME_DIR/pyunion/mounts/`, else `/tmp/pyunion-UID/pyunion/mounts/`."""
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "union.md").read_text()
     b = _layers(user, f"rec{int(xdg)}")
     runtime = user.home / "xdg-runtime"
     user.run(["mkdir", "-p", "-m", "700", str(runtime)])
