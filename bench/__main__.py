@@ -1,4 +1,4 @@
-"""`python -m bench`: see bench/cli.py and docs/bench.md."""
+"""`python -m bench`: see bench/cli.py and docs/benchmarks.md."""
 
 import sys
 

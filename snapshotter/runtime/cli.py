@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import unionfs
 from snapshotter.runtime import features, rootless, spec
 from snapshotter.runtime.errors import ContainerError
 from snapshotter.runtime.lifecycle import Runtime
 from snapshotter.runtime.rootless import default_state_root
 
-VERSION = "pyunion-runtime 0.1.0\nspec: 1.0.2"
 USAGE = """\
 usage: pyunion-runtime [--root DIR] [--log FILE] [--log-format text|json] COMMAND ...
 commands:
@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         opts, rest = _global(argv)
         logger = Logger(opts["log"], opts["log_format"])
         if opts.get("version"):
-            print(VERSION)
+            print(f"pyunion-runtime {unionfs.__version__}\nspec: 1.0.2")
             return 0
         if opts.get("help") or not rest:
             print(USAGE)

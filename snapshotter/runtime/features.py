@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import unionfs
 from snapshotter.runtime import seccomp, spec
 
 # Mount options `create` understands as flags or propagation (others go to the filesystem).
@@ -35,5 +36,5 @@ def document() -> dict[str, Any]:
             "apparmor": {"enabled": _lsm_enabled("apparmor")},
             "selinux": {"enabled": _lsm_enabled("selinux")},
         },
-        "annotations": {"org.pyunion.runtime.version": "0.1.0"},
+        "annotations": {"org.pyunion.runtime.version": unionfs.__version__},
     }
