@@ -15,6 +15,7 @@ import shlex
 import subprocess
 import sys
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 BUSYBOX = Path("/bin/busybox")
@@ -84,7 +85,7 @@ def build_image(dest: Path) -> Path:
 
 def _pyunion(*args: str) -> None:
     print(f"$ pyunion {' '.join(shlex.quote(a) for a in args)}", flush=True)
-    r = subprocess.run([sys.executable, "-m", "unionfs", *args], check=False, text=True,
+    r = subprocess.run([sys.executable, "-m", "pyunion", *args], check=False, text=True,
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
     for line in r.stdout.splitlines():
         print(f"  {line}")
@@ -115,3 +116,12 @@ def run(base: Path, step) -> None:
     _pyunion("run", "--root", root, "--rm", "demo:base",
              "sh", "-c", "ls /etc; test -e /new || echo '/new: not in demo:base'")
     _pyunion("image", "ls", "--root", root)
+
+
+def tour(base: Path, step: Callable[[str], None]) -> None:
+    """The image/container half of `pyunion demo`, run after the union half in BASE."""
+    skip = why_skipped()
+    if skip:
+        step(f"containers: skipped ({skip})")
+    else:
+        run(base, step)

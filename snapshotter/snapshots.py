@@ -35,8 +35,8 @@ from snapshotter.errors import (
     SnapshotterError,
 )
 from snapshotter.store import MetaStore, Row, Tx, from_micros, now_micros
-from unionfs.mount_cli import daemon_record
 from unionfs.mountinfo import mount_point_path, mounts, top_mount
+from unionfs.registry import daemon_record
 
 MAX_LABEL_BYTES = 4096  # containerd pkg/labels/validate.go: key + value
 MOUNT_TYPE = "fuse3.pyunion"

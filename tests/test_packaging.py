@@ -18,7 +18,7 @@ def _project() -> dict:
 
 
 def test_wheel_installs_only_the_projects_top_level_names(tmp_path):
-    """A wheel built from a copy of the tree holds unionfs, snapshotter and the command router,
+    """A wheel built from a copy of the tree holds unionfs, snapshotter and pyunion (the command router),
     never `bench` or `tests` (generic names that would shadow others' in site-packages)."""
     src = tmp_path / "src"
     src.mkdir()
@@ -40,7 +40,7 @@ def test_wheel_installs_only_the_projects_top_level_names(tmp_path):
         names = z.namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     top = {t.removesuffix(".py") for t in top}
-    assert top == {"unionfs", "snapshotter"}, top
+    assert top == {"pyunion", "unionfs", "snapshotter"}, top
     assert "snapshotter/grpcapi/snapshots_pb2.py" in names
     assert "snapshotter/runtime/cli.py" in names
 

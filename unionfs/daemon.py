@@ -21,10 +21,10 @@ import pyfuse3
 import trio
 
 from unionfs.core import UnionFilesystem
-from unionfs.mount_cli import forget_daemon, pid_file, record_daemon
 from unionfs.operations import FuseOperations
 from unionfs.options import MountConfig
 from unionfs.ownership import IdMap
+from unionfs.registry import forget_daemon, pid_file, record_daemon
 from unionfs.serving import STOP_SIGNALS, direct_wait, fuse_fd
 from unionfs.union import Union
 

@@ -1,5 +1,6 @@
 """`pyunion demo`: the layers at work on a built-in example, start to finish, then cleaned up:
-a union mount by hand, then (as root) an image run as a container and committed."""
+a union mount by hand, then (as root, from snapshotter/demo.py) an image run as a container
+and committed."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from unionfs.mount_cli import MountError, check, start_daemon, unmount
@@ -51,7 +53,10 @@ def build_layers(base: Path) -> tuple[Path, Path, Path]:
     return base_layer, update, upper
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], then: Callable[[Path, Callable[[str], None]], None] | None = None
+         ) -> int:
+    """The union half of the tour; THEN (given by the `pyunion` command: the image/container
+    half from snapshotter/) continues in the same scratch directory before it is removed."""
     unknown = [a for a in argv if a != "--keep"]
     if unknown:
         print(f"pyunion demo: unknown argument {unknown[0]!r} (usage: pyunion demo [--keep])",
@@ -95,12 +100,8 @@ def main(argv: list[str]) -> int:
         mounted = False
         print("unmounted; the daemon has exited")
 
-        from snapshotter import demo as containers  # the image/container half of the tour
-        skip = containers.why_skipped()
-        if skip:
-            _step(f"containers: skipped ({skip})")
-        else:
-            containers.run(base, _step)
+        if then is not None:
+            then(base, _step)
     except (MountError, OSError, RuntimeError, subprocess.SubprocessError) as e:
         print(f"pyunion demo: {e}", file=sys.stderr)
         return 1

@@ -3,16 +3,14 @@ and waiting for it, with one-line errors for everything a user can get wrong."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from unionfs import __version__
+import unionfs
+from unionfs import procs
 from unionfs.messages import one_line
 from unionfs.mountinfo import (
     FUSECTL,
@@ -23,6 +21,16 @@ from unionfs.mountinfo import (
     top_mount,
 )
 from unionfs.options import MountConfig, UsageError, parse_compat_args, parse_mount_args
+from unionfs.registry import find_daemon, pid_file
+
+# Names tests written before unionfs/procs.py still import from here.
+_pid_alive, _start_time = procs.alive, procs.start_time
+
+MOUNT_USAGE = """\
+usage: pyunion mount [-f] [-o OPT,...] UPPER:LOWER1[:LOWER2...] TARGET
+       pyunion umount [-l] TARGET
+       pyunion -o lowerdir=L1:L2[,upperdir=U,workdir=W,...] TARGET   (fuse-overlayfs form)
+       pyunion SOURCE TARGET -o OPTIONS                              (mount.fuse3 form)"""
 
 
 class MountError(Exception):
@@ -154,62 +162,6 @@ def undo_created(made: list[str]) -> None:
         shutil.rmtree(made[0], ignore_errors=True)
 
 
-def _host_uid() -> int:
-    """Our uid as the initial user namespace knows it (root of a user namespace is not root)."""
-    uid = os.getuid()
-    try:
-        with open("/proc/self/uid_map") as f:
-            for line in f:
-                inside, outside, count = (int(x) for x in line.split())
-                if inside <= uid < inside + count:
-                    return outside + uid - inside
-    except (OSError, ValueError):
-        pass
-    return uid
-
-
-def _state_dir() -> Path:
-    uid = _host_uid()
-    if uid == 0:
-        return Path("/run/pyunion/mounts")
-    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/pyunion-{uid}"
-    return Path(base) / "pyunion" / "mounts"
-
-
-def pid_file(target: str) -> Path:
-    """The daemon record of a mount on TARGET, an absolute resolved path (not resolved here:
-    resolving a mount point would ask its daemon)."""
-    return _state_dir() / (hashlib.sha256(target.encode()).hexdigest()[:24] + ".json")
-
-
-def record_daemon(pf: Path, target: str, layers: list[str] | None = None) -> str | None:
-    """Let `pyunion umount` find and wait for this daemon; the mount works without it.
-
-    `pf` is computed before the mount exists: resolving a path through a mount that is not yet
-    served would wait on ourselves. LAYERS (upper, lowers, work directory) say whose mount it is
-    (a snapshot store's unmount touches only its own). Returns a warning to show when the
-    record cannot be written."""
-    try:
-        pf.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = pf.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"pid": os.getpid(), "target": target,
-                                   "start": _start_time(os.getpid()),
-                                   "layers": layers or []}))
-        tmp.replace(pf)
-    except OSError as e:
-        return f"cannot record the daemon's pid in {pf}: {e.strerror}"
-    return None
-
-
-def forget_daemon(pf: Path) -> None:
-    """Remove the record if it is still ours (a later mount on the same target owns its own)."""
-    try:
-        if json.loads(pf.read_text()).get("pid") == os.getpid():
-            pf.unlink()
-    except (OSError, ValueError, AttributeError):
-        pass
-
-
 def start_daemon(cfg: MountConfig) -> int:
     """Start the daemon detached from the caller's stdio; return its pid once the mount is ready.
 
@@ -304,11 +256,10 @@ def mount_main(args: list[str]) -> int:
 
 def compat_main(args: list[str]) -> int:
     if "--version" in args or "-V" in args:
-        print(f"pyunion {__version__}")
+        print(f"pyunion {unionfs.__version__}")
         return 0
     if "-h" in args or "--help" in args:
-        from unionfs.cli import USAGE
-        print(USAGE)
+        print(MOUNT_USAGE)
         return 0
     try:
         cfg = parse_compat_args(args)
@@ -317,57 +268,8 @@ def compat_main(args: list[str]) -> int:
     return _mount(cfg)
 
 
-def _proc_stat(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name (state first), or None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].decode().split()
-    except (OSError, IndexError):
-        return None
-
-
-def _start_time(pid: int) -> int | None:
-    fields = _proc_stat(pid)
-    return int(fields[19]) if fields else None
-
-
-def _pid_alive(pid: int, start: int | None) -> bool:
-    """The recorded daemon still runs: same pid and start time (a reused pid is another
-    process), and not a zombie (it has exited; whoever reaps it is not our concern)."""
-    fields = _proc_stat(pid)
-    if fields is None or fields[0] == "Z":
-        return False
-    return start is None or int(fields[19]) == start
-
-
-def daemon_record(target: str) -> dict | None:
-    """The record of the live daemon serving TARGET (resolved path), or None."""
-    try:
-        rec = json.loads(pid_file(target).read_text())
-        if not _pid_alive(int(rec["pid"]), rec.get("start")):
-            return None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return rec
-
-
-def _find_daemon(target: str) -> tuple[int, int | None] | None:
-    pf = pid_file(target)
-    try:
-        rec = json.loads(pf.read_text())
-        pid, start = int(rec["pid"]), rec.get("start")
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return (pid, start) if _pid_alive(pid, start) else None
-
-
 FUSERMOUNT_TIMEOUT_S = 10.0   # fusermount3 never needs the daemon; the bound is for safety
 GRACE_S = 2.0   # how long a stopped daemon, or a copy of the mount elsewhere, may last first
-
-
-def _proc_state(pid: int) -> str | None:
-    fields = _proc_stat(pid)
-    return fields[0] if fields else None
 
 
 def abort_connection(conn: str) -> bool:
@@ -411,7 +313,7 @@ def unmount(target: str, lazy: bool = False, timeout: float = 30.0) -> list[str]
     if entry is None or not entry.fstype.startswith("fuse"):
         raise MountError(f"{target} is not a pyunion mount")
     conn = fuse_connection(entry) or ""
-    daemon = _find_daemon(rtarget)
+    daemon = find_daemon(rtarget)
     cmd = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [rtarget]
     try:
         r = subprocess.run(cmd, check=False, capture_output=True, text=True,
@@ -424,7 +326,7 @@ def unmount(target: str, lazy: bool = False, timeout: float = 30.0) -> list[str]
         reason = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "fusermount3 failed"
         if "busy" in reason.lower():
             why = ""
-            if daemon and _proc_state(daemon[0]) in ("T", "t"):
+            if daemon and procs.state(daemon[0]) in ("T", "t"):
                 why = f"; its daemon {daemon[0]} is stopped"
             raise MountError(f"{target} is busy{why} (use -l for a lazy unmount)")
         raise MountError(reason.removeprefix("fusermount3: "))
@@ -438,9 +340,9 @@ def unmount(target: str, lazy: bool = False, timeout: float = 30.0) -> list[str]
         deadline = time.monotonic() + timeout
         stopped_since = held_since = None
         next_look = 0.0
-        while _pid_alive(pid, start) and time.monotonic() < deadline:
+        while procs.alive(pid, start) and time.monotonic() < deadline:
             now = time.monotonic()
-            if _proc_state(pid) in ("T", "t"):
+            if procs.state(pid) in ("T", "t"):
                 stopped_since = stopped_since or now
                 if now - stopped_since > GRACE_S:
                     break
@@ -457,7 +359,7 @@ def unmount(target: str, lazy: bool = False, timeout: float = 30.0) -> list[str]
                                 "uses it and exits when that is done")
                 break
             time.sleep(0.01)
-        state = _proc_state(pid) if _pid_alive(pid, start) else None
+        state = procs.state(pid) if procs.alive(pid, start) else None
         if state in ("T", "t"):
             if abort_connection(conn):      # False: the connection is gone (or not ours)
                 warnings.append(f"daemon {pid} is stopped: aborted FUSE connection {conn} "

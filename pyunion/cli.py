@@ -1,20 +1,15 @@
-"""The `pyunion` command: routes subcommands, and speaks fuse-overlayfs's command line.
+"""The `pyunion` command: routes subcommands to their package; anything else is the
+fuse-overlayfs / mount.fuse3 command line of the union mount.
 
-Subcommands owned by other packages are imported lazily so that a problem in one part never
-stops `pyunion mount` from working.
+Subcommands are imported lazily so that a problem in one part never stops `pyunion mount`
+from working, and a mount does not pay for importing the image code.
 """
 
 from __future__ import annotations
 
 import sys
 
-from unionfs import __version__
-
-USAGE = """\
-usage: pyunion mount [-f] [-o OPT,...] UPPER:LOWER1[:LOWER2...] TARGET
-       pyunion umount TARGET
-       pyunion -o lowerdir=L1:L2[,upperdir=U,workdir=W,...] TARGET   (fuse-overlayfs form)
-       pyunion SOURCE TARGET -o OPTIONS                              (mount.fuse3 form)
+USAGE_MORE = """\
        pyunion image import|ls|inspect|rm|export|commit ...
        pyunion snapshot prepare|view|commit|rm|info|ls|usage|mounts|label|cleanup|mount ...
        pyunion snapshotter serve --address SOCKET [--root DIR]   (containerd proxy plugin)
@@ -25,17 +20,23 @@ usage: pyunion mount [-f] [-o OPT,...] UPPER:LOWER1[:LOWER2...] TARGET
        pyunion --version"""
 
 
+def usage() -> str:
+    from unionfs.mount_cli import MOUNT_USAGE
+    return MOUNT_USAGE + "\n" + USAGE_MORE
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         print("pyunion: a command is required (see `pyunion --help`)", file=sys.stderr)
         return 2
     if argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
+        print(usage())
         return 0
     cmd, rest = argv[0], argv[1:]
     if cmd in ("--version", "-V"):
-        print(f"pyunion {__version__}")
+        import unionfs
+        print(f"pyunion {unionfs.__version__}")
         return 0
     if cmd == "mount":
         from unionfs.mount_cli import mount_main
@@ -62,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         from snapshotter.runtime.cli import main as runtime_main
         return runtime_main(rest)
     if cmd == "demo":
+        from snapshotter.demo import tour
         from unionfs.demo import main as demo_main
-        return demo_main(rest)
+        return demo_main(rest, then=tour)
     # Anything else is the fuse-overlayfs / mount.fuse3 command line.
     from unionfs.mount_cli import compat_main
     return compat_main(argv)

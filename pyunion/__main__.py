@@ -1,0 +1,3 @@
+from pyunion.cli import main
+
+raise SystemExit(main())
