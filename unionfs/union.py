@@ -99,8 +99,7 @@ class Union:
             os.makedirs(self.work, 0o700, exist_ok=True)
         root_stack = self._root_stack()
         st = os.lstat(self.layers[root_stack[0]])
-        self.table.add(Node(ROOT, None, "", True, root_stack[0], root_stack, lookups=1,
-                            generation=0))
+        self.table.add(Node(ROOT, None, "", True, root_stack[0], root_stack, lookups=1))
         self.root_st = st
 
     # ---- paths and layer probing -------------------------------------------------------
@@ -303,9 +302,9 @@ class Union:
                 self.table.add(node)
         else:
             if node.dead or node.is_dir != is_dir:
-                node.reborn()   # the disk gave a new object this number: a new generation
-            node.add_name(parent, name)
-            node.is_dir = is_dir
+                node.reborn(parent, name, is_dir)   # the disk gave a new object this number
+            else:
+                node.add_name(parent, name)
             node.layer = r.layer
         node.stack = r.stack
         node.gen = self.table.gen
@@ -811,14 +810,14 @@ class Union:
         self._name_gone(parent, name, r)
 
     def _name_gone(self, parent: Node, name: str, r: Resolved) -> None:
-        """`name` no longer shows object `r`: its node keeps its other names; with none left
-        and the upper's last link gone, the object is dead (its disk number may come back)."""
+        """`name` no longer shows object `r`: its node keeps its other names. When the upper
+        held the object's last link, the object is dead: the disk may give its number to a new
+        object, which must then get a new generation (see inodes.py)."""
         node = self.table.get(r.ino)
         if node is None:
             return
-        left = node.drop_name(parent, name)
-        last_link = r.layer == UPPER and (r.st.st_nlink <= 1 or stat.S_ISDIR(r.st.st_mode))
-        if not left and (last_link or node.is_dir):
+        node.drop_name(parent, name)
+        if r.layer == UPPER and (stat.S_ISDIR(r.st.st_mode) or r.st.st_nlink <= 1):
             node.dead = True
 
     def rmdir(self, parent: Node, name: str) -> None:
@@ -982,8 +981,9 @@ class Union:
         oupdir = self._upper_dir(op)
         tmp = self._tmp_name()
         lower_links: dict[tuple[int, int], tuple[str, int, os.stat_result]] = {}
+        moved: list[tuple[str, str]] = []
         try:
-            self._copy_tree(snode, tmp, lower_links)
+            self._copy_tree(snode, tmp, lower_links, moved)
             _touch(f"{tmp}/{OPAQUE_MARKER}")
             if dst is not None and dst.layer == UPPER:
                 old = self._tmp_name()
@@ -991,6 +991,9 @@ class Union:
                 shutil.rmtree(old)
             os.rename(tmp, f"{nupdir}/{nname}")
         except BaseException:
+            for src, staged in reversed(moved):   # upper directories go back where they were
+                with contextlib.suppress(OSError):
+                    os.rename(staged, src)
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         self._clear_whiteout(nupdir, nname)
@@ -1018,9 +1021,12 @@ class Union:
         return st.st_dev, st.st_ino
 
     def _copy_tree(self, dnode: Node, tmp: str,
-                   lower_links: dict[tuple[int, int], tuple[str, int, os.stat_result]]) -> None:
+                   lower_links: dict[tuple[int, int], tuple[str, int, os.stat_result]],
+                   moved: list[tuple[str, str]]) -> None:
         """Stage the merged tree of `dnode` at `tmp`: upper objects are linked (so their own
-        hardlinks hold), lower ones copied, once per lower hardlink group (noted in
+        hardlinks hold) and directories that live in the upper only are moved (both keep their
+        disk inode, so their numbers do not come free for a new object while the moved one
+        still uses them), lower ones copied, once per lower hardlink group (noted in
         `lower_links` for the names outside the tree)."""
         path = dnode.path()
         src = self.real(dnode.stack[0], path)
@@ -1033,8 +1039,13 @@ class Union:
         for e in self.list_dir(dnode):
             child, _ = self.lookup(dnode, e.name, count=False)
             ctmp = f"{tmp}/{e.name}"
+            if child.is_dir and child.layer == UPPER and not child.merged:
+                src_dir = self.node_real(child)
+                os.rename(src_dir, ctmp)
+                moved.append((src_dir, ctmp))
+                continue
             if child.is_dir:
-                self._copy_tree(child, ctmp, lower_links)
+                self._copy_tree(child, ctmp, lower_links, moved)
                 continue
             csrc = self.node_real(child)
             cst = os.lstat(csrc)
