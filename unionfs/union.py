@@ -508,9 +508,19 @@ class Union:
             pst = os.lstat(updir)
             os.link(copy, f"{updir}/{_basename(peer)}")
             self._restore_times(updir, pst)
+            self._changed_behind(pparent.ino)   # its ctime moved under another request
             linked = True
         if linked:
             self._invalidate()
+
+    def _changed_behind(self, *inos: int) -> None:
+        """Tell the kernel to drop cached attributes of inodes a call changed under another
+        name than the one it was asked about (fsapi.Notifier); only those it may hold."""
+        if self.notifier is None:
+            return
+        for ino in inos:
+            if ino in self.table.nodes:
+                self.notifier.inval_inode(ino, -1)
 
     def _rejoin(self, parent: Node, name: str, r: Resolved) -> Resolved:
         """A lower hardlink whose group was copied up under another name but not linked under
@@ -1009,6 +1019,9 @@ class Union:
         snode.add_name(np, nname)
         snode.layer, snode.stack = UPPER, [UPPER]
         self._invalidate()
+        # Everything below now comes from the copy: new ctimes and blocks under the old names.
+        self._changed_behind(*(n.ino for n in list(self.table.nodes.values())
+                               if n is not snode and _below(n, snode)))
         # Lower hardlinks that reach outside the moved tree stay one file with the copy.
         final = f"{nupdir}/{nname}"
         for ctmp, layer, cst in lower_links.values():
@@ -1160,6 +1173,15 @@ def needs_override() -> bool:
     except OSError:
         return False
     return rows != [["0", "0", "4294967295"]]
+
+
+def _below(node: Node, top: Node) -> bool:
+    p = node.parent
+    while p is not None:
+        if p is top:
+            return True
+        p = p.parent
+    return False
 
 
 def _getter(path: str, names: set[str] | None = None):
