@@ -147,6 +147,8 @@ def _build(ch: Channel, config: dict, bundle: str, rootfs: str, statefd: int,
     os.close(cwd_fd)
     if config.get("hostname"):
         sc.sethostname(config["hostname"])
+    if config.get("domainname"):
+        sc.setdomainname(config["domainname"])
     with open("/proc/sys/kernel/cap_last_cap") as f:
         cap_last = int(f.read())
     setgroups = _setgroups_allowed()
