@@ -274,7 +274,7 @@ GRACE_S = 2.0   # how long a stopped daemon, or a copy of the mount elsewhere, m
 
 def abort_connection(conn: str) -> bool:
     """Abort FUSE connection CONN (/sys/fs/fuse/connections/CONN/abort): every request waiting
-    on it fails with ENOTCONN and the mount lets go. When fusectl is not mounted, root mounts it
+    on it fails (ECONNABORTED) and the mount lets go. When fusectl is not mounted, root mounts it
     in a private mount namespace of a child (the host's mount table is not changed)."""
     path = f"{FUSECTL}/{conn}/abort"
     try:

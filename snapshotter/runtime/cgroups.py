@@ -170,6 +170,8 @@ class Cgroup:
                 path = base / rel.lstrip("/")
                 try:
                     made += _mkdirs(path, key)
+                    if key == "" and is_unified(hier):
+                        _enable_controllers(mp, path)
                 except OSError as e:
                     if rootless or (not need and key in ("", "name=systemd")):
                         continue  # tracking only: run without it, as before
@@ -296,6 +298,24 @@ def _mkdirs(path: Path, key: str) -> list[str]:
                 if not (d / f).read_text().strip():
                     (d / f).write_text((d.parent / f).read_text())
     return made
+
+
+def _enable_controllers(root: Path, path: Path) -> None:
+    """cgroup v2: a child can only use the controllers its parent lists in
+    cgroup.subtree_control; enable every available one from ROOT down to PATH's parent, as
+    runc does (one at a time: a controller the kernel refuses here is skipped)."""
+    d = root
+    for part in path.relative_to(root).parts:
+        try:
+            available = (d / "cgroup.controllers").read_text().split()
+        except OSError:
+            return
+        for c in available:
+            try:
+                (d / "cgroup.subtree_control").write_text(f"+{c}")
+            except OSError:
+                pass
+        d = d / part
 
 
 def _write(d: Path, name: str, value: str) -> None:

@@ -250,6 +250,18 @@ def _ps_table(pids: list[int], ps_args: list[str]) -> str:
     return "\n".join([lines[0], *rows])
 
 
+def _check_preserved(n: int) -> None:
+    """--preserve-fds N: fds 3..N+2 must be open now, or one of our own fds would take a
+    missing number and be handed to the container."""
+    if n < 0:
+        raise ContainerError("--preserve-fds must not be negative", exit_code=2)
+    for fd in range(3, 3 + n):
+        try:
+            os.fstat(fd)
+        except OSError:
+            raise ContainerError(f"--preserve-fds {n}: fd {fd} is not open") from None
+
+
 def _exec_process(a: argparse.Namespace, rt: Runtime) -> dict[str, Any]:
     """The process to exec: --process FILE as is, else the container's process with the
     command line's changes (runc's newProcess)."""
@@ -304,13 +316,12 @@ def _dispatch(cmd: str, a: argparse.Namespace, rt: Runtime) -> int:
     if cmd in ("create", "run"):
         # --no-pivot (MS_MOVE + chroot in runc) and --no-new-keyring are accepted: we always
         # pivot_root (stronger) and never make a session keyring (docs/runtime.md).
-        if a.preserve_fds:
-            raise ContainerError("--preserve-fds is not supported")
+        _check_preserved(a.preserve_fds)
         if cmd == "create":
-            rt.create(a.id, a.bundle, a.pid_file, a.console_socket)
+            rt.create(a.id, a.bundle, a.pid_file, a.console_socket, a.preserve_fds)
             return 0
         return rt.run(a.id, a.bundle, a.pid_file, detach=a.detach,
-                      console_socket=a.console_socket)
+                      console_socket=a.console_socket, preserve_fds=a.preserve_fds)
     if cmd == "start":
         rt.start(a.id)
     elif cmd == "state":
@@ -334,14 +345,14 @@ def _dispatch(cmd: str, a: argparse.Namespace, rt: Runtime) -> int:
         else:
             print(_ps_table(rt.pids(a.id), a.ps_args))
     elif cmd == "exec":
-        if a.preserve_fds:
-            raise ContainerError("--preserve-fds is not supported")
+        _check_preserved(a.preserve_fds)
         try:  # runc: every exec failure is "exec failed: ..." with exit status 255
             proc = _exec_process(a, rt)
             if a.tty and a.process:
                 proc["terminal"] = True
             return rt.exec(a.id, proc, detach=a.detach, pid_file=a.pid_file,
-                           console_socket=a.console_socket, ignore_paused=a.ignore_paused)
+                           console_socket=a.console_socket, ignore_paused=a.ignore_paused,
+                           preserve_fds=a.preserve_fds)
         except ContainerError as e:
             raise ContainerError(f"exec failed: {e}", exit_code=255) from None
     elif cmd == "pause":

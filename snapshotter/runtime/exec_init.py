@@ -28,7 +28,7 @@ JOIN_ORDER = ("user", "ipc", "uts", "network", "pid", "mount", "cgroup")
 
 
 def stage_a(ch: Channel, ns_fds: dict[str, int], config: dict[str, Any], process: dict[str, Any],
-            csock: socket.socket | None) -> NoReturn:
+            csock: socket.socket | None, preserve: int = 0) -> NoReturn:
     try:
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         ch.expect_ok()  # the runtime put us in the container's cgroups
@@ -41,7 +41,7 @@ def stage_a(ch: Channel, ns_fds: dict[str, int], config: dict[str, Any], process
                     os.setresuid(0, 0, 0)
         pid = os.fork()
         if pid == 0:
-            _stage_b(ch, config, process, csock)
+            _stage_b(ch, config, process, csock, preserve)
         ch.send(t="pid", pid=pid)
         os._exit(0)
     except BaseException as e:  # noqa: BLE001 - reaches the runtime as one line
@@ -49,17 +49,11 @@ def stage_a(ch: Channel, ns_fds: dict[str, int], config: dict[str, Any], process
 
 
 def _stage_b(ch: Channel, config: dict[str, Any], process: dict[str, Any],
-             csock: socket.socket | None) -> NoReturn:
+             csock: socket.socket | None, preserve: int = 0) -> NoReturn:
     try:
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
-        keep = {0, 1, 2, ch.sock.fileno(), *([csock.fileno()] if csock else [])}
-        for fd in range(3, max(keep) + 1):
-            if fd not in keep:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        os.closerange(max(keep) + 1, 1 << 20)
+        init._close_fds_except({ch.sock.fileno(), *([csock.fileno()] if csock else []),
+                                *init.preserved_fds(preserve)})
         linux = config.get("linux") or {}
         filt = seccomp.compile(linux["seccomp"]) if linux.get("seccomp") is not None else None
         os.chdir("/")

@@ -62,7 +62,8 @@ def describe(e: BaseException) -> str:
 
 
 def stage_a(ch: Channel, config: dict[str, Any], bundle: str, rootfs: str,
-            statefd: int, cid: str, csock: socket.socket | None = None) -> NoReturn:
+            statefd: int, cid: str, csock: socket.socket | None = None,
+            preserve: int = 0) -> NoReturn:
     try:
         ch.expect_ok()  # the runtime has put us in the container's cgroup
         nss = spec.namespaces(config)
@@ -88,7 +89,7 @@ def stage_a(ch: Channel, config: dict[str, Any], bundle: str, rootfs: str,
             sc.link_up("lo")  # a new network namespace has loopback only, up (as runc does)
         pid = os.fork()
         if pid == 0:
-            stage_b(ch, config, bundle, rootfs, statefd, cid, csock)
+            stage_b(ch, config, bundle, rootfs, statefd, cid, csock, preserve)
         ch.send(t="pid", pid=pid)
         os._exit(0)
     except BaseException as e:  # noqa: BLE001 - anything must reach the runtime as one line
@@ -107,7 +108,8 @@ def _die_on_signal(signum: int, _frame: Any) -> None:
 
 
 def stage_b(ch: Channel, config: dict[str, Any], bundle: str, rootfs: str,
-            statefd: int, cid: str, csock: socket.socket | None = None) -> NoReturn:
+            statefd: int, cid: str, csock: socket.socket | None = None,
+            preserve: int = 0) -> NoReturn:
     try:
         # pid 1 of a pid namespace ignores signals it has no handler for; `kill` must work while
         # the container is `created`. Non-dumpable: /proc/1/exe (host python) stays unreachable.
@@ -115,7 +117,7 @@ def stage_b(ch: Channel, config: dict[str, Any], bundle: str, rootfs: str,
             signal.signal(s, _die_on_signal)
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         ch.expect_ok()  # the runtime knows our pid now (hooks get it; oomScoreAdj is set)
-        _build(ch, config, bundle, rootfs, statefd, cid, csock)
+        _build(ch, config, bundle, rootfs, statefd, cid, csock, preserve)
     except BaseException as e:  # noqa: BLE001
         _fail(ch, e)
     raise AssertionError("unreachable")
@@ -130,7 +132,9 @@ def _hook_state(config: dict, bundle: str, cid: str, status: str) -> dict[str, A
 
 
 def _build(ch: Channel, config: dict, bundle: str, rootfs: str, statefd: int,
-           cid: str, csock: socket.socket | None) -> NoReturn:
+           cid: str, csock: socket.socket | None, preserve: int = 0) -> NoReturn:
+    """PRESERVE: fds 3 .. 3+PRESERVE-1 of the runtime's caller reach the program (as runc's
+    --preserve-fds); every other fd is closed."""
     linux = config.get("linux") or {}
     proc = config["process"]
     nss = spec.namespaces(config)
@@ -147,6 +151,8 @@ def _build(ch: Channel, config: dict, bundle: str, rootfs: str, statefd: int,
     os.close(cwd_fd)
     if config.get("hostname"):
         sc.sethostname(config["hostname"])
+    if config.get("domainname"):
+        sc.setdomainname(config["domainname"])
     with open("/proc/sys/kernel/cap_last_cap") as f:
         cap_last = int(f.read())
     setgroups = _setgroups_allowed()
@@ -177,7 +183,7 @@ def _build(ch: Channel, config: dict, bundle: str, rootfs: str, statefd: int,
     _set_user(proc, cap_last, setgroups)
     ch.send(t="ready")
     ch.sock.close()
-    _close_fds_except(statefd)
+    _close_fds_except({statefd, *preserved_fds(preserve)})
     fifo = os.open("exec.fifo", os.O_WRONLY | os.O_CLOEXEC, dir_fd=statefd)  # blocks: `start`
     os.close(statefd)
     try:
@@ -193,7 +199,7 @@ def _build(ch: Channel, config: dict, bundle: str, rootfs: str, statefd: int,
                 signal.signal(s, signal.SIG_DFL)
             except (OSError, ValueError):
                 pass
-        os.closerange(3, fifo)
+        os.closerange(3 + preserve, fifo)
         if filt is not None and nnp:
             filt.load()  # as late as possible: the fewest syscalls run under the filter
         os.execve(exe, proc["args"], dict(e.split("=", 1) for e in env if "=" in e))
@@ -269,7 +275,18 @@ def _setgroups_allowed() -> bool:
         return True
 
 
-def _close_fds_except(keep: int) -> None:
+def preserved_fds(n: int) -> range:
+    """The caller's fds 3 .. 3+N-1, made inheritable for the program."""
+    fds = range(3, 3 + n)
+    for fd in fds:
+        os.set_inheritable(fd, True)
+    return fds
+
+
+def _close_fds_except(keep: set[int]) -> None:
     """No fd of the runtime reaches the container (runc CVE-2024-21626)."""
-    os.closerange(3, keep)
-    os.closerange(keep + 1, 1 << 30)
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 30)

@@ -88,7 +88,8 @@ class Runtime:
 
     # -- create -----------------------------------------------------------------------------
     def create(self, cid: str, bundle: str, pid_file: str | None = None,
-               console_socket: str | socket.socket | None = None) -> dict[str, Any]:
+               console_socket: str | socket.socket | None = None,
+               preserve_fds: int = 0) -> dict[str, Any]:
         """CONSOLE_SOCKET: a path (--console-socket) or a connected socket (our own relay)."""
         if not spec.valid_id(cid):
             raise ContainerError("invalid container ID format")
@@ -153,7 +154,8 @@ class Runtime:
             pid_a = os.fork()
             if pid_a == 0:
                 parent.close()
-                init.stage_a(init.Channel(child), config, bundle, rootfs, statefd, cid, csock)
+                init.stage_a(init.Channel(child), config, bundle, rootfs, statefd, cid, csock,
+                             preserve_fds)
             os.close(statefd)
             if csock is not None:
                 csock.close()
@@ -396,7 +398,7 @@ class Runtime:
     # -- exec -------------------------------------------------------------------------------
     def exec(self, cid: str, process: dict[str, Any], detach: bool = False,
              pid_file: str | None = None, console_socket: str | None = None,
-             ignore_paused: bool = False) -> int:
+             ignore_paused: bool = False, preserve_fds: int = 0) -> int:
         """Run PROCESS in the running container; with DETACH return once it has exec'd."""
         st = self.sd.read(cid)
         status = self.sd.status(st)
@@ -435,7 +437,8 @@ class Runtime:
             pid_a = os.fork()
             if pid_a == 0:
                 parent.close()
-                exec_init.stage_a(init.Channel(child), ns_fds, config, process, csock)
+                exec_init.stage_a(init.Channel(child), ns_fds, config, process, csock,
+                                  preserve_fds)
         finally:
             for fd in ns_fds.values():
                 os.close(fd)
@@ -544,15 +547,16 @@ class Runtime:
 
     # -- run --------------------------------------------------------------------------------
     def run(self, cid: str, bundle: str, pid_file: str | None = None,
-            detach: bool = False, console_socket: str | None = None) -> int:
+            detach: bool = False, console_socket: str | None = None,
+            preserve_fds: int = 0) -> int:
         """create + start; in the foreground also wait, forward signals, and delete. A terminal
         without --console-socket in the foreground: we take the master and relay our stdio."""
         ours = None
         if not detach and console_socket is None and _wants_terminal(bundle):
             ours, theirs = console.socketpair_for_relay()
-            st = self.create(cid, bundle, pid_file, theirs)
+            st = self.create(cid, bundle, pid_file, theirs, preserve_fds)
         else:
-            st = self.create(cid, bundle, pid_file, console_socket)
+            st = self.create(cid, bundle, pid_file, console_socket, preserve_fds)
         pid = st["pid"]
         if detach:
             self.start(cid)

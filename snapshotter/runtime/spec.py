@@ -166,8 +166,8 @@ def validate(config: Any, rootless: bool = False) -> None:
     _validate_process(config.get("process"))
     if "hostname" in config:
         _type(config["hostname"], str, "hostname")
-    if config.get("domainname"):
-        raise ContainerError("config.json: domainname is not supported")
+    if "domainname" in config:
+        _type(config["domainname"], str, "domainname")
     for i, m in enumerate(config.get("mounts") or []):
         _validate_mount(m, i)
     _validate_hooks(config.get("hooks") or {})
@@ -285,6 +285,8 @@ def _validate_linux(config: dict, rootless: bool = False) -> None:
         raise ContainerError("config.json: a mount namespace is required (pivot_root needs one)")
     if config.get("hostname") and "uts" not in seen:
         raise ContainerError("unable to set hostname without a private UTS namespace")
+    if config.get("domainname") and "uts" not in seen:
+        raise ContainerError("unable to set domainname without a private UTS namespace")
     user_new = "user" in seen and not _ns_path(linux, "user")
     for key in ("uidMappings", "gidMappings"):
         maps = linux.get(key) or []

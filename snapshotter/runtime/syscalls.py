@@ -120,6 +120,11 @@ def sethostname(name: str) -> None:
     _check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))), "sethostname")
 
 
+def setdomainname(name: str) -> None:
+    raw = name.encode()
+    _check(_libc.setdomainname(raw, ctypes.c_size_t(len(raw))), "setdomainname")
+
+
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     args = (ctypes.c_ulong(a) for a in (arg2, arg3, arg4, arg5))
     return _check(_libc.prctl(ctypes.c_int(option), *args), f"prctl({option})")

@@ -92,6 +92,14 @@ def test_podman_exec_top_pause_stop(podman):
         assert res.returncode == 0 and res.stdout.strip() == "exec-tty", res.stderr
         res = podman("exec", name, "nosuchcommand")
         assert res.returncode == 127, (res.returncode, res.stderr)
+        res = podman("update", "--memory", "100m", "--cpu-shares", "300", name)
+        assert res.returncode == 0, res.stderr
+        res = podman("exec", name, "cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                     "/sys/fs/cgroup/cpu/cpu.shares")
+        assert res.stdout == f"{100 << 20}\n300\n", res.stderr
+        res = podman("stats", "--no-stream", "--format", "{{.MemUsage}}", name)
+        # podman reads the cgroup itself; its limit column is the host's memory under runc too
+        assert res.returncode == 0 and " / " in res.stdout, (res.stdout, res.stderr)
         res = podman("top", name)
         assert res.returncode == 0, res.stderr
         assert "sleep 300" in res.stdout and "COMMAND" in res.stdout.splitlines()[0]
@@ -150,6 +158,9 @@ def test_containerd_run_exec_ps_pause_kill(containerd, binary):
     res = containerd.ctr("task", "exec", "--exec-id", "e1", cid, "sh", "-c",
                          "echo in-exec; cat /proc/1/cmdline | tr '\\0' ' '; exit 4")
     assert res.returncode == 4 and res.stdout == "in-exec\nsleep 300 ", res.stderr
+    res = containerd.ctr("task", "metrics", "--format", "json", cid)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["memory"]["usage"]["limit"] == 64 << 20
     res = containerd.ctr("task", "ps", cid)
     assert res.returncode == 0 and len(res.stdout.splitlines()) == 2, res.stdout
     assert containerd.ctr("task", "pause", cid).returncode == 0

@@ -179,3 +179,30 @@ def test_exec_in_a_user_namespace(runc, pyrt, rootfs_template):
         for rt in (runc, pyrt):
             rt("delete", "--force", f"eu-{rt.name}")
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_preserve_fds(runc, pyrt, bundles, tmp_path):
+    """--preserve-fds N: the caller's fds 3..N+2 reach the program, nothing else does."""
+    import shlex
+    import subprocess
+    out = {}
+    for rt in (runc, pyrt):
+        bundle = bundles.make(
+            ["sh", "-c", "echo via-fd3 >&3; echo via-fd4 >&4; ls /proc/self/fd"])
+        f3, f4 = tmp_path / f"{rt.name}.3", tmp_path / f"{rt.name}.4"
+        cmd = shlex.join([*rt.argv, "--root", str(rt.root), "run", "--preserve-fds", "2",
+                          "--bundle", str(bundle), f"pf-{rt.name}"])
+        rt.ids.add(f"pf-{rt.name}")
+        res = subprocess.run(["sh", "-c", f"exec 3>{f3} 4>{f4}; {cmd}"], capture_output=True,
+                             text=True, timeout=60, check=False)
+        assert res.returncode == 0, (rt.name, res.stderr)
+        out[rt.name] = res.stdout
+        assert f3.read_text() == "via-fd3\n" and f4.read_text() == "via-fd4\n"
+    assert out["pyunion"] == out["runc"] == "0\n1\n2\n3\n4\n5\n"  # 5: ls's directory
+
+
+def test_preserve_fds_not_open_is_refused(pyrt, bundles):
+    bundle = bundles.make(["true"])
+    res = pyrt("run", "--preserve-fds", "40", "--bundle", str(bundle), "pn")
+    assert res.returncode == 1 and err(res) == "--preserve-fds 40: fd 3 is not open"
+    assert not (pyrt.root / "pn").exists()

@@ -147,6 +147,15 @@ def test_user_namespace(runc, pyrt, open_bundles):
     assert strip[3] != HOST_NS["user"]
 
 
+def test_domainname(runc, pyrt, bundles):
+    """config.md's domainname is set; runc 1.1.5 ignores the field (a documented difference:
+    runc 1.2 sets it too)."""
+    res = both(runc, pyrt, bundles, ["cat", "/proc/sys/kernel/domainname"],
+               lambda c: c.update(domainname="example.org"))
+    assert res["pyunion"].stdout == "example.org\n"
+    assert res["runc"].stdout == "(none)\n"
+
+
 def test_sysctl_and_hostname(runc, pyrt, bundles):
     def edit(c):
         c["hostname"] = "box"

@@ -353,3 +353,28 @@ def test_git_init_add_commit_inside_the_mount(s: Stack) -> None:
         git("commit", "-q", "-m", "second")
         assert git("log", "--format=%s").split() == ["second", "first"]
         git("fsck", "--strict")
+
+
+def test_renamed_merged_dir_keeps_its_upper_subdirs_numbers_to_itself(s: Stack) -> None:
+    """Found by the concurrent stress: renaming a merged directory copied its upper-only
+    subdirectories and deleted the originals, whose disk inodes then came free while the
+    copies still answered with their numbers (origin) - a new object got the same st_ino as a
+    live one, and the kernel mixed the two up (EEXIST, ENOENT, EIO under load)."""
+    (s.l2 / "d").mkdir()
+    (s.l2 / "d/x").write_bytes(b"x")
+    with s.mount() as m:
+        for i in range(5):
+            os.makedirs(m / f"d/s{i}/t")
+        moved = {i: os.stat(m / f"d/s{i}").st_ino for i in range(5)}
+        os.rename(m / "d", m / "e")
+        os.mkdir(m / "new")
+        fresh = set()
+        for i in range(200):
+            (m / f"new/f{i}").touch()
+            os.mkdir(m / f"new/d{i}")
+            fresh |= {os.stat(m / f"new/f{i}").st_ino, os.stat(m / f"new/d{i}").st_ino}
+        for i, ino in moved.items():
+            st = os.stat(m / f"e/s{i}")
+            assert stat.S_ISDIR(st.st_mode) and st.st_ino == ino
+            assert ino not in fresh
+            assert os.listdir(m / f"e/s{i}") == ["t"]
