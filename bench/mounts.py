@@ -11,20 +11,14 @@ from __future__ import annotations
 import os
 import subprocess
 
+from unionfs import mountinfo
+
 _ACTIVE: dict[str, list[str]] = {}  # target -> preferred unmount argv
 
 
-def _mountinfo() -> list[list[str]]:
-    with open("/proc/self/mountinfo") as f:
-        return [line.split() for line in f]
-
-
-def mount_entry(target: str) -> list[str] | None:
-    target = os.path.realpath(target)
-    for fields in _mountinfo():
-        if fields[4] == target:
-            return fields
-    return None
+def mount_entry(target: str) -> mountinfo.MountEntry | None:
+    """The topmost mount on TARGET (resolved), from the mount table (unionfs/mountinfo.py)."""
+    return mountinfo.top_mount(os.path.realpath(target))
 
 
 def is_mounted(target: str) -> bool:
@@ -32,19 +26,16 @@ def is_mounted(target: str) -> bool:
 
 
 def fs_type(target: str) -> str | None:
-    fields = mount_entry(target)
-    if fields is None:
-        return None
-    return fields[fields.index("-") + 1]
+    entry = mount_entry(target)
+    return None if entry is None else entry.fstype
 
 
 def describe(target: str, short: dict[str, str]) -> str:
     """`fstype mount-options super-options` of TARGET from mountinfo, long paths shortened."""
-    fields = mount_entry(target)
-    if fields is None:
+    entry = mount_entry(target)
+    if entry is None:
         return ""
-    sep = fields.index("-")
-    text = f"{fields[sep + 1]} {fields[5]} {fields[sep + 3]}"
+    text = f"{entry.fstype} {entry.options} {entry.super_options}"
     for long, name in sorted(short.items(), key=lambda kv: -len(kv[0])):
         text = text.replace(long, name)
     return text
@@ -52,11 +43,11 @@ def describe(target: str, short: dict[str, str]) -> str:
 
 def abort_fuse(target: str) -> None:
     """Abort a FUSE connection so that a hung daemon cannot hang the unmount."""
-    fields = mount_entry(target)
-    if fields is None or not (fs_type(target) or "").startswith("fuse"):
+    entry = mount_entry(target)
+    conn = None if entry is None else mountinfo.fuse_connection(entry)
+    if conn is None:
         return
-    minor = fields[2].split(":")[1]
-    path = f"/sys/fs/fuse/connections/{minor}/abort"
+    path = f"{mountinfo.FUSECTL}/{conn}/abort"
     try:
         with open(path, "w") as f:
             f.write("1")

@@ -50,6 +50,7 @@ from typing import BinaryIO
 
 from snapshotter.digest import CHUNK, HashingReader
 from snapshotter.errors import ImageError
+from unionfs import idmaps
 from unionfs.layers import (
     OPAQUE_MARKER,
     OPAQUE_XATTRS,
@@ -130,12 +131,8 @@ class ApplyResult:
 
 
 def in_user_namespace() -> bool:
-    try:
-        with open("/proc/self/uid_map") as f:
-            parts = f.read().split()
-    except OSError:
-        return False
-    return parts[:3] != ["0", "0", "4294967295"]
+    """In a user namespace that maps only part of the id space (devices cannot be made)."""
+    return not idmaps.whole_id_space("uid")
 
 
 def refused_xattr(name: str) -> bool:

@@ -1,4 +1,4 @@
-"""The libc calls Python 3.11's os lacks, through ctypes, loaded once."""
+"""The C library through ctypes, loaded once (`handle()`), and the calls Python 3.11's os lacks."""
 
 from __future__ import annotations
 
@@ -14,16 +14,21 @@ SYNC_FILE_RANGE_WRITE = 2
 
 
 @functools.cache
-def _libc() -> ctypes.CDLL:
-    """find_library runs ldconfig: once per process, not per call."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+def handle() -> ctypes.CDLL:
+    """The C library, loaded once per process for every ctypes caller (the runtime's raw
+    syscalls included). By soname: ctypes.util.find_library runs ldconfig, which costs more
+    than a whole CLI call; it is only the fallback for a libc with another soname (musl)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
     return libc
 
 
 def renameat2(src: str, dst: str, flags: int) -> None:
-    if _libc().renameat2(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst), flags) != 0:
+    if handle().renameat2(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst), flags) != 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
 
@@ -31,11 +36,11 @@ def renameat2(src: str, dst: str, flags: int) -> None:
 def start_writeback(fd: int, offset: int, count: int) -> None:
     """Start writing a range to disk without waiting, so a later fsync has less left to do.
     Only a hint: failures are left for that fsync to report."""
-    _libc().sync_file_range(fd, offset, count, SYNC_FILE_RANGE_WRITE)
+    handle().sync_file_range(fd, offset, count, SYNC_FILE_RANGE_WRITE)
 
 
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     """fallocate(2) with its mode flags (os.posix_fallocate has none: no punch hole)."""
-    if _libc().fallocate(fd, mode, offset, length) != 0:
+    if handle().fallocate(fd, mode, offset, length) != 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))

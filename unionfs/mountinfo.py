@@ -12,6 +12,7 @@ FUSECTL = "/sys/fs/fuse/connections"
 
 @dataclass(frozen=True)
 class MountEntry:
+    """One line of mountinfo (proc(5)), its paths unescaped."""
     mount_id: int
     parent_id: int
     dev: tuple[int, int]     # major, minor of the mounted filesystem
@@ -19,32 +20,53 @@ class MountEntry:
     mountpoint: str
     fstype: str
     source: str
+    options: str = ""        # per-mount options (rw,nosuid,relatime,...)
+    super_options: str = ""  # the filesystem's own options
 
     @property
     def st_dev(self) -> int:
         return os.makedev(*self.dev)
 
 
-def _unescape(s: str) -> str:
+def unescape(s: str) -> str:
+    """The kernel writes space, tab, newline and backslash in paths as octal escapes
+    (\\040, \\011, \\012, \\134: fs/proc_namespace.c, mangle()); nothing else is escaped."""
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
 
 
 def parse(text: str) -> list[MountEntry]:
+    """Parse mountinfo text: `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE
+    SOURCE SUPER_OPTIONS`. Lines that do not have that shape are skipped."""
     out = []
     for line in text.splitlines():
-        f = line.split()
-        if len(f) < 7:
+        f = line.split(" ")
+        try:
+            sep = f.index("-", 6)
+            major, minor = f[2].split(":")
+            entry = MountEntry(int(f[0]), int(f[1]), (int(major), int(minor)), unescape(f[3]),
+                               unescape(f[4]), f[sep + 1], unescape(f[sep + 2]), f[5],
+                               f[sep + 3] if len(f) > sep + 3 else "")
+        except (ValueError, IndexError):
             continue
-        sep = f.index("-")
-        major, minor = f[2].split(":")
-        out.append(MountEntry(int(f[0]), int(f[1]), (int(major), int(minor)), _unescape(f[3]),
-                              _unescape(f[4]), f[sep + 1], _unescape(f[sep + 2])))
+        out.append(entry)
     return out
 
 
 def mounts(pid: int | str = "self") -> list[MountEntry]:
-    with open(f"/proc/{pid}/mountinfo") as f:
-        return parse(f.read())
+    """The mount table of PID's mount namespace. Read as bytes: a path that is not UTF-8 comes
+    back as os.fsdecode gives it (surrogate escapes), as every os function takes it."""
+    with open(f"/proc/{pid}/mountinfo", "rb") as f:
+        return parse(os.fsdecode(f.read()))
+
+
+def mount_containing(path: str, pid: int | str = "self") -> str:
+    """The mount point (in PID's namespace) that holds PATH, an absolute resolved path."""
+    best = "/"
+    for m in mounts(pid):
+        mp = m.mountpoint
+        if (path == mp or path.startswith(mp.rstrip("/") + "/")) and len(mp) > len(best):
+            best = mp
+    return best
 
 
 def top_mount(path: str, pid: int | str = "self") -> MountEntry | None:

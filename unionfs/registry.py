@@ -14,21 +14,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from unionfs import procs
+from unionfs import idmaps, procs
 
 
 def _host_uid() -> int:
     """Our uid as the initial user namespace knows it (root of a user namespace is not root)."""
-    uid = os.getuid()
-    try:
-        with open("/proc/self/uid_map") as f:
-            for line in f:
-                inside, outside, count = (int(x) for x in line.split())
-                if inside <= uid < inside + count:
-                    return outside + uid - inside
-    except (OSError, ValueError):
-        pass
-    return uid
+    return idmaps.to_host(os.getuid(), idmaps.read("uid"))
 
 
 def _state_dir() -> Path:

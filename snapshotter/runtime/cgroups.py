@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from snapshotter.runtime.errors import ContainerError
+from unionfs import mountinfo
 
 PARENT = "pyunion"
 # linux.resources keys -> the v1 controller they need.
@@ -31,17 +32,12 @@ _V1_CONTROLLER = {"memory": "memory", "cpu": "cpu", "pids": "pids", "blockIO": "
 
 def mounts() -> list[tuple[str, str, str]]:
     """(mountpoint, fstype, super options) of the host's cgroup hierarchies, from mountinfo."""
-    out = []
     try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+        table = mountinfo.mounts()
     except OSError:
-        return out
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        fstype, _src, superopts = (right.split() + ["", "", ""])[:3]
-        if fstype in ("cgroup", "cgroup2"):
-            out.append((left.split()[4], fstype, superopts))
-    return out
+        return []
+    return [(m.mountpoint, m.fstype, m.super_options) for m in table
+            if m.fstype in ("cgroup", "cgroup2")]
 
 
 def own_cgroups(pid: int | str = "self") -> dict[str, str]:

@@ -11,11 +11,11 @@ import errno
 import os
 import stat
 from collections import deque
-from pathlib import Path
 from typing import Any
 
 from snapshotter.runtime import cgroups, spec
 from snapshotter.runtime import syscalls as sc
+from unionfs import mountinfo
 
 DEFAULT_DEVICES = [  # (name, major, minor) per runtime-linux.md
     ("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9),
@@ -103,13 +103,7 @@ def mount_flags_of(path: str) -> int:
 
 def mountpoint_of(path: str) -> str:
     """The mount point (in this namespace) that contains `path`."""
-    best = "/"
-    path = os.path.realpath(path)
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        mp = line.split()[4].replace("\\040", " ")
-        if (path == mp or path.startswith(mp.rstrip("/") + "/")) and len(mp) > len(best):
-            best = mp
-    return best
+    return mountinfo.mount_containing(os.path.realpath(path))
 
 
 def prepare_root(rootfs: str, propagation: str | None) -> None:

@@ -16,23 +16,12 @@ from typing import Any
 
 from snapshotter.runtime import cgroups
 from snapshotter.runtime.errors import ContainerError
+from unionfs.procs import start_time as proc_start_time
 
 DEFAULT_ROOT = "/run/pyunion-runtime"
 OCI_VERSION = "1.0.2"
 STATE_FILE = "state.json"
 FIFO = "exec.fifo"
-
-
-def proc_start_time(pid: int) -> int | None:
-    """Start time (clock ticks since boot) of a live, non-zombie process, else None."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    fields = raw[raw.rindex(")") + 2:].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
 
 
 def now_rfc3339() -> str:

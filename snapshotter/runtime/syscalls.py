@@ -10,8 +10,9 @@ import errno
 import os
 import platform
 
-# Not ctypes.util.find_library: it runs ldconfig, which costs more than the whole CLI call.
-_libc = ctypes.CDLL("libc.so.6", use_errno=True)
+from unionfs import libc
+
+_libc = libc.handle()   # unionfs/libc.py: the one place libc is loaded
 _libc.syscall.restype = ctypes.c_long
 
 # clone/unshare flags (linux/sched.h)

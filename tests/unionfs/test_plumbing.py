@@ -1,0 +1,166 @@
+"""The Linux plumbing modules, one copy each (docs/architecture.md): the mount table, process
+liveness, user-namespace id maps, the C library. Each is used everywhere it is needed; the
+static test below keeps it that way for the mount table."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from unionfs import idmaps, libc, mountinfo, procs
+
+REPO = Path(__file__).resolve().parents[2]
+
+SAMPLE = (
+    "36 35 98:0 /mnt1 /mnt/parent rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n"
+    "37 36 0:52 / /a\\040b\\011c\\012d\\134e rw shared:7 master:2 - tmpfs my\\040src rw,size=4k\n"
+    "38 36 0:53 / /plain rw - fuse.pyunion pyunion rw,user_id=0\n"
+    "garbage line\n"
+    "39 36 0:54 / /no-super rw - proc proc\n"
+)
+
+
+def test_parse_fields_optional_tags_and_octal_escapes():
+    a, b, c, d = mountinfo.parse(SAMPLE)
+    assert (a.mount_id, a.parent_id, a.dev, a.root) == (36, 35, (98, 0), "/mnt1")
+    assert (a.mountpoint, a.fstype, a.source) == ("/mnt/parent", "ext3", "/dev/root")
+    assert (a.options, a.super_options) == ("rw,noatime", "rw,errors=continue")
+    # any number of optional fields before the separator; the kernel's four escapes
+    assert b.mountpoint == "/a b\tc\nd\\e"
+    assert (b.fstype, b.source, b.super_options) == ("tmpfs", "my src", "rw,size=4k")
+    assert (c.fstype, c.st_dev) == ("fuse.pyunion", os.makedev(0, 53))
+    assert mountinfo.fuse_connection(c) == str(os.makedev(0, 53))
+    assert mountinfo.fuse_connection(a) is None
+    assert d.super_options == ""
+
+
+def test_unescape_only_octal_triplets():
+    assert mountinfo.unescape("a\\040b") == "a b"
+    assert mountinfo.unescape("\\134040") == "\\040"     # an escaped backslash, then text
+    assert mountinfo.unescape("a\\04") == "a\\04"          # not a triplet: left alone
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs")
+def test_real_mount_with_hostile_name_is_found(tmp_path):
+    """A mount point whose name holds a space, tab, newline, backslash and a byte that is not
+    UTF-8 is read back from the kernel's table as the path os functions take."""
+    name = os.fsdecode(b"m \t\n\\x\xff")
+    mnt = tmp_path / name
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "pyunion test", str(mnt)],
+                   check=True, timeout=30)
+    try:
+        entry = mountinfo.top_mount(str(mnt))
+        assert entry is not None
+        assert (entry.fstype, entry.source) == ("tmpfs", "pyunion test")
+        assert mountinfo.mount_containing(str(mnt / "sub" / "file")) == str(mnt)
+        assert mountinfo.mount_point_path(str(mnt)) == str(mnt)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False, timeout=30)
+    assert mountinfo.top_mount(str(mnt)) is None
+
+
+def _reads_mountinfo(tree: ast.AST) -> list[int]:
+    """Lines of string constants naming a mountinfo file (docstrings excepted)."""
+    docs = {id(n.body[0].value) for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            and n.body and isinstance(n.body[0], ast.Expr)
+            and isinstance(n.body[0].value, ast.Constant)}
+    return [n.lineno for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str)
+            and "mountinfo" in n.value and "/" in n.value and id(n) not in docs]
+
+
+def test_mountinfo_is_parsed_in_one_place():
+    """Only unionfs/mountinfo.py opens a mountinfo file; everything else in the product (and
+    the benchmarks) asks it."""
+    found = {}
+    for pkg in ("pyunion", "unionfs", "snapshotter", "bench"):
+        for path in (REPO / pkg).rglob("*.py"):
+            lines = _reads_mountinfo(ast.parse(path.read_text(), str(path)))
+            if lines:
+                found[str(path.relative_to(REPO))] = lines
+    assert set(found) == {"unionfs/mountinfo.py"}, found
+
+
+def test_the_static_check_sees_a_second_parser():
+    tree = ast.parse('"""reads /proc/self/mountinfo"""\n'
+                     'def f():\n    return open("/proc/self/mountinfo").read()\n')
+    assert _reads_mountinfo(tree) == [3]
+
+
+def test_process_liveness_pid_and_start_time():
+    p = subprocess.Popen(["sleep", "30"])
+    try:
+        start = procs.start_time(p.pid)
+        assert start is not None and start >= procs.start_time(os.getpid())
+        assert procs.alive(p.pid, start) and procs.alive(p.pid, None)
+        assert not procs.alive(p.pid, start + 1)            # the pid reused by another process
+        assert procs.state(p.pid) in ("S", "R")
+        p.kill()
+        deadline = time.monotonic() + 10
+        while procs.state(p.pid) != "Z" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert procs.state(p.pid) == "Z"                      # exited, not yet reaped
+        assert procs.start_time(p.pid) is None
+        assert not procs.alive(p.pid, start) and not procs.alive(p.pid, None)
+    finally:
+        p.kill()
+        p.wait(timeout=10)
+    assert procs.state(p.pid) is None and procs.stat_fields(p.pid) is None
+
+
+def test_process_name_with_parentheses_and_spaces():
+    """/proc/PID/stat's command name may hold ") " itself: fields are taken after the last ')'."""
+    code = "import ctypes,time; ctypes.CDLL(None).prctl(15, b'x) S 1 (y', 0, 0, 0); time.sleep(30)"
+    p = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 10
+        while b"x) S 1 (y" not in Path(f"/proc/{p.pid}/stat").read_bytes():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        fields = procs.stat_fields(p.pid)
+        assert fields is not None and fields[0] in ("S", "R")
+        assert int(fields[1]) == os.getpid()                  # ppid: the fields line up
+        assert procs.alive(p.pid, procs.start_time(p.pid))
+    finally:
+        p.kill()
+        p.wait(timeout=10)
+
+
+def test_id_maps():
+    rows = [(0, 1000, 1), (1, 100000, 65536)]
+    assert idmaps.to_host(0, rows) == 1000
+    assert idmaps.to_host(1, rows) == 100000
+    assert idmaps.to_host(65536, rows) == 165535
+    assert idmaps.to_host(65537, rows) == 65537          # unmapped: itself
+    assert idmaps.to_host(5, None) == 5
+    assert idmaps.read("uid") == [idmaps.WHOLE] or os.geteuid() != 0 or not idmaps.read("uid")
+    assert idmaps.whole_id_space("uid") == (idmaps.read("uid") in (None, [idmaps.WHOLE]))
+
+
+def test_id_maps_inside_a_user_namespace():
+    """Root of a user namespace mapping one id is not the initial namespace's root."""
+    code = ("from unionfs import idmaps, registry; import os; "
+            "print(idmaps.whole_id_space(), idmaps.read('uid'), registry._host_uid())")
+    r = subprocess.run(["unshare", "--user", "--map-root-user", sys.executable, "-c", code],
+                       capture_output=True, text=True, timeout=60, cwd=REPO, check=False)
+    if r.returncode != 0 and "unshare" in r.stderr:
+        pytest.skip(f"no user namespaces here: {r.stderr.strip()}")
+    assert r.returncode == 0, r.stderr
+    uid = os.getuid()
+    assert r.stdout.split("[")[0].strip() == "False"
+    assert f"[(0, {uid}, 1)]" in r.stdout
+    assert r.stdout.split()[-1] == str(uid)
+
+
+def test_libc_is_loaded_once_for_every_caller():
+    from snapshotter.runtime import syscalls
+    assert libc.handle() is libc.handle()
+    assert syscalls._libc is libc.handle()
