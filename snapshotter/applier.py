@@ -42,7 +42,6 @@ import posixpath
 import stat
 import tarfile
 import zlib
-from collections import deque
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -50,7 +49,7 @@ from typing import BinaryIO
 
 from snapshotter.digest import CHUNK, HashingReader
 from snapshotter.errors import ImageError
-from unionfs import idmaps
+from unionfs import idmaps, rootpath
 from unionfs.layers import (
     OPAQUE_MARKER,
     OPAQUE_XATTRS,
@@ -152,38 +151,16 @@ def clean_name(name: str) -> tuple[list[str], bool]:
 def resolve_in_root(root: str, parts: list[str]) -> str:
     """Resolve PARTS under ROOT following symlinks as if ROOT were `/` (never above it).
 
-    Components that do not exist are taken literally; the result always lies inside ROOT.
-    """
-    todo = deque(parts)
-    done: list[str] = []
-    links = 0
-    while todo:
-        p = todo.popleft()
-        if p in ("", "."):
-            continue
-        if p == "..":
-            if done:
-                done.pop()
-            continue
-        cur = os.path.join(root, *done, p)
-        try:
-            st = os.lstat(cur)
-        except FileNotFoundError:
-            done.append(p)
-            continue
-        except NotADirectoryError as e:
-            raise ImageError(f"path {'/'.join(done + [p])!r} is below a non-directory") from e
-        if stat.S_ISLNK(st.st_mode):
-            links += 1
-            if links > MAX_SYMLINKS:
-                raise ImageError(f"too many symlinks resolving {'/'.join(parts)!r}")
-            target = os.readlink(cur)
-            if target.startswith("/"):
-                done = []
-            todo.extendleft(reversed(target.split("/")))
-            continue
-        done.append(p)
-    return os.path.join(root, *done)
+    Components that do not exist are taken literally; the result always lies inside ROOT
+    (unionfs/rootpath.py, the one walk every caller uses)."""
+    try:
+        return rootpath.resolve(root, parts, MAX_SYMLINKS)
+    except NotADirectoryError as e:
+        raise ImageError(f"path {'/'.join(parts)!r} is below a non-directory") from e
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ImageError(f"too many symlinks resolving {'/'.join(parts)!r}") from e
+        raise
 
 
 class _Applier:

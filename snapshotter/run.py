@@ -27,11 +27,11 @@ from snapshotter import conversion
 from snapshotter.cli_args import UsageError, check_root, os_message
 from snapshotter.errors import AlreadyExists, NotFound, SnapshotterError
 from snapshotter.runtime import rootless
-from snapshotter.runtime import syscalls as sc
 from snapshotter.runtime.errors import ContainerError
 from snapshotter.runtime.lifecycle import Runtime
 from snapshotter.runtime.state import proc_start_time
 from unionfs.messages import one_line
+from unionfs.rootpath import read_in_root
 
 USAGE = ("pyunion run [--rm] [--name ID] [--commit NAME] [-e K=V] [-w DIR] [-u USER] "
          "[--hostname H] [--root DIR] IMAGE [CMD ARGS...]")
@@ -56,19 +56,6 @@ def _parser() -> _Parser:
     p.add_argument("image", nargs="?")
     p.add_argument("cmd", nargs=argparse.REMAINDER).required = False   # optional, unlike argparse's default
     return p
-
-
-def read_in_root(rootfs: Path, path: str) -> str | None:
-    """A file of the image, resolved inside its root (never through a symlink out of it)."""
-    rootfd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fd = sc.openat2(rootfd, path, os.O_RDONLY, sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS)
-    except OSError:
-        return None
-    finally:
-        os.close(rootfd)
-    with os.fdopen(fd, "rb") as f:
-        return f.read(1 << 22).decode(errors="replace")
 
 
 def _expand_env(items: list[str]) -> list[str]:

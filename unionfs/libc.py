@@ -12,6 +12,14 @@ RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 SYNC_FILE_RANGE_WRITE = 2
 
+# openat2 resolve flags (linux/openat2.h)
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+_OPENAT2 = 437  # the same number on every architecture (new syscall table)
+
 
 @functools.cache
 def handle() -> ctypes.CDLL:
@@ -24,6 +32,7 @@ def handle() -> ctypes.CDLL:
         libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    libc.syscall.restype = ctypes.c_long
     return libc
 
 
@@ -44,3 +53,21 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     if handle().fallocate(fd, mode, offset, length) != 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
+    """openat2(2): open PATH relative to DIRFD with RESOLVE_* scoping (e.g. IN_ROOT); the fd
+    is close-on-exec. Raises OSError("open PATH: reason") with the path, as os.open does."""
+    how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
+    lib = handle()
+    ret = lib.syscall(ctypes.c_long(_OPENAT2), ctypes.c_int(dirfd), os.fsencode(path),
+                      ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
+    if ret < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"open {path}: {os.strerror(e)}", path)
+    return ret

@@ -10,12 +10,12 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections import deque
 from typing import Any
 
 from snapshotter.runtime import cgroups, spec
 from snapshotter.runtime import syscalls as sc
 from unionfs import mountinfo
+from unionfs.rootpath import open_in_root, open_in_root_path  # noqa: F401 - init uses both
 
 DEFAULT_DEVICES = [  # (name, major, minor) per runtime-linux.md
     ("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9),
@@ -31,65 +31,6 @@ _ST_RELATIME = 4096
 
 def fdpath(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
-
-
-def open_in_root(rootfd: int, path: str, *, create: str | None = None) -> int:
-    """O_PATH fd of `path` resolved inside the root; create a missing leaf ("dir" | "file") and
-    missing parents (always directories) on the way, never leaving the root."""
-    resolve = sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS
-    try:
-        return sc.openat2(rootfd, path, os.O_PATH, resolve)
-    except FileNotFoundError:
-        if create is None:
-            raise
-    # Walk component by component, expanding symlinks ourselves (scoped to the root, like
-    # filepath-securejoin), creating what is missing.
-    parts = deque(p for p in path.split("/") if p)
-    done: list[str] = []
-    hops = 0
-    while parts:
-        name = parts.popleft()
-        if name == ".":
-            continue
-        if name == "..":
-            if done:
-                done.pop()
-            continue
-        dfd = sc.openat2(rootfd, "/".join(done) or ".", os.O_RDONLY | os.O_DIRECTORY,
-                         resolve | sc.RESOLVE_NO_SYMLINKS)
-        try:
-            try:
-                st = os.lstat(name, dir_fd=dfd)
-            except FileNotFoundError:
-                st = None
-            if st is not None and stat.S_ISLNK(st.st_mode):
-                hops += 1
-                if hops > 40:
-                    raise OSError(errno.ELOOP, "too many symlinks", path)
-                target = os.readlink(name, dir_fd=dfd)
-                if target.startswith("/"):
-                    done = []
-                parts.extendleft(reversed([p for p in target.split("/") if p]))
-                continue
-            if st is None:
-                if not parts and create == "file":
-                    os.close(os.open(name, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC
-                                     | os.O_NOFOLLOW, 0o644, dir_fd=dfd))
-                else:
-                    os.mkdir(name, 0o755, dir_fd=dfd)
-        finally:
-            os.close(dfd)
-        done.append(name)
-    return sc.openat2(rootfd, "/".join(done) or ".", os.O_PATH,
-                      resolve | sc.RESOLVE_NO_SYMLINKS)
-
-
-def open_in_root_path(rootfs: str, path: str, *, create: str | None = None) -> int:
-    rootfd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        return open_in_root(rootfd, path, create=create)
-    finally:
-        os.close(rootfd)
 
 
 def mount_flags_of(path: str) -> int:

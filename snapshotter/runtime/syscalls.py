@@ -11,6 +11,14 @@ import os
 import platform
 
 from unionfs import libc
+from unionfs.libc import (  # noqa: F401 - the runtime's modules take them from here
+    RESOLVE_BENEATH,
+    RESOLVE_IN_ROOT,
+    RESOLVE_NO_MAGICLINKS,
+    RESOLVE_NO_SYMLINKS,
+    RESOLVE_NO_XDEV,
+    openat2,
+)
 
 _libc = libc.handle()   # unionfs/libc.py: the one place libc is loaded
 _libc.syscall.restype = ctypes.c_long
@@ -60,18 +68,12 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 
-# openat2 resolve flags (linux/openat2.h)
-RESOLVE_NO_XDEV = 0x01
-RESOLVE_NO_MAGICLINKS = 0x02
-RESOLVE_NO_SYMLINKS = 0x04
-RESOLVE_BENEATH = 0x08
-RESOLVE_IN_ROOT = 0x10
+# openat2 and its resolve flags: unionfs/libc.py
 
 _SYSCALLS = {
     "x86_64": {"pivot_root": 155, "setns": 308, "unshare": 272, "capset": 126, "capget": 125},
     "aarch64": {"pivot_root": 41, "setns": 268, "unshare": 97, "capset": 91, "capget": 90},
 }
-_OPENAT2 = 437  # the same number on every architecture (new syscall table)
 
 
 def _nr(name: str) -> int:
@@ -129,19 +131,6 @@ def setdomainname(name: str) -> None:
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     args = (ctypes.c_ulong(a) for a in (arg2, arg3, arg4, arg5))
     return _check(_libc.prctl(ctypes.c_int(option), *args), f"prctl({option})")
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
-                ("resolve", ctypes.c_uint64)]
-
-
-def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
-    """openat2(2): open `path` relative to `dirfd` with RESOLVE_* scoping (e.g. IN_ROOT)."""
-    how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
-    ret = _libc.syscall(ctypes.c_long(_OPENAT2), ctypes.c_int(dirfd), os.fsencode(path),
-                        ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
-    return _check(ret, f"open {path}", path)
 
 
 class _CapHeader(ctypes.Structure):
