@@ -49,7 +49,7 @@ from typing import BinaryIO
 
 from snapshotter.digest import CHUNK, HashingReader
 from snapshotter.errors import ImageError
-from unionfs import idmaps, rootpath
+from unionfs import idmaps, rootpath, trees
 from unionfs.layers import (
     OPAQUE_MARKER,
     OPAQUE_XATTRS,
@@ -237,7 +237,7 @@ class _Applier:
             return True
         self.note(f"duplicate entry {name!r}: the later one replaces the earlier")
         if stat.S_ISDIR(st.st_mode):
-            _rmtree(path)
+            trees.remove_tree(path)
         else:
             os.unlink(path)
         return False
@@ -420,17 +420,6 @@ def _ns(pax: str | None, fallback: float | None) -> int:
 _KNOWN_TYPES = {tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE, tarfile.DIRTYPE,
                 tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.FIFOTYPE, tarfile.CHRTYPE,
                 tarfile.BLKTYPE, tarfile.GNUTYPE_SPARSE}
-
-
-def _rmtree(path: str) -> None:
-    for dirpath, dirnames, filenames in os.walk(path, topdown=False):
-        for n in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
-            os.unlink(os.path.join(dirpath, n))
-        for d in dirnames:
-            p = os.path.join(dirpath, d)
-            if not os.path.islink(p):
-                os.rmdir(p)
-    os.rmdir(path)
 
 
 def apply_tar(stream: BinaryIO, dest: str | Path, *, devices: bool | None = None,

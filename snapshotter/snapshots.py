@@ -16,7 +16,6 @@ import fcntl
 import json
 import os
 import re
-import shutil
 import stat
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from snapshotter.errors import (
 from snapshotter.store import MetaStore, Row, Tx, from_micros, now_micros
 from unionfs.mountinfo import mount_point_path, mounts, top_mount
 from unionfs.registry import daemon_record
+from unionfs.trees import remove_tree
 
 MAX_LABEL_BYTES = 4096  # containerd pkg/labels/validate.go: key + value
 MOUNT_TYPE = "fuse3.pyunion"
@@ -546,20 +546,7 @@ def _in_use(path: Path) -> bool:
 
 def _rmtree(path: Path) -> None:
     """Remove a tree, also read-only directories a layer may contain; never raises."""
-    def onerror(func, p, _exc):
-        try:
-            os.chmod(os.path.dirname(p), 0o700)
-            if func in (os.rmdir, os.unlink, os.remove):
-                func(p)
-        except OSError:
-            pass
-    try:
-        if path.is_symlink() or (path.exists() and not path.is_dir()):
-            path.unlink()
-        elif path.exists():
-            shutil.rmtree(path, onerror=onerror)
-    except OSError:
-        pass
+    remove_tree(path, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- mounting ---------------------

@@ -8,12 +8,14 @@ import ast
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from unionfs import idmaps, libc, mountinfo, procs
+from unionfs.trees import remove_tree
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -164,3 +166,60 @@ def test_libc_is_loaded_once_for_every_caller():
     from snapshotter.runtime import syscalls
     assert libc.handle() is libc.handle()
     assert syscalls._libc is libc.handle()
+
+
+TREE_SCRIPT = """
+import os, sys
+from unionfs.trees import remove_tree
+base = sys.argv[1]
+t = os.path.join(base, "t")
+os.makedirs(t + "/ro/inner")
+open(t + "/ro/inner/f", "w").close()
+open(t + "/ro/g", "w").close()
+os.makedirs(t + "/none/x")
+open(t + "/none/x/f", "w").close()
+os.symlink(base + "/keep", t + "/link")           # removed, never followed
+deep = t + "/deep"
+os.mkdir(deep)
+fd = os.open(deep, os.O_RDONLY)
+for _ in range(1200):                              # deeper than Python's recursion limit
+    os.mkdir("d", dir_fd=fd)
+    nfd = os.open("d", os.O_RDONLY, dir_fd=fd)
+    os.close(fd)
+    fd = nfd
+os.close(fd)
+os.chmod(t + "/ro/inner", 0o555)
+os.chmod(t + "/ro", 0o555)
+os.chmod(t + "/none/x", 0o000)
+os.chmod(t + "/none", 0o000)
+remove_tree(t)
+print(os.path.exists(t), os.path.exists(base + "/keep"))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs the removal as another user (setpriv)")
+def test_remove_tree_as_a_user_with_unwritable_dirs_deep_chains_and_symlinks():
+    """As an ordinary user a tree with `dr-xr-xr-x` and `d---------` directories (as layers
+    hold) is removed; a symlink is removed, not followed; 1200 levels do not recurse."""
+    base = Path(tempfile.mkdtemp(prefix="pyunion-trees-"))   # pytest's tmp is root's, 0700
+    try:
+        (base / "keep").write_text("outside the tree\n")
+        os.chown(base, 65534, 65534)
+        os.chown(base / "keep", 65534, 65534)
+        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                            sys.executable, "-c", TREE_SCRIPT, str(base)],
+                           capture_output=True, text=True, timeout=120, cwd=REPO, check=False)
+    finally:
+        remove_tree(base, ignore_errors=True)   # shutil.rmtree recurses: 1200 levels break it
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False", "True"]
+
+
+def test_remove_tree_of_a_file_a_symlink_and_nothing(tmp_path):
+    (tmp_path / "f").write_text("x")
+    os.symlink(tmp_path / "f", tmp_path / "s")
+    remove_tree(tmp_path / "s")
+    assert (tmp_path / "f").exists() and not (tmp_path / "s").is_symlink()
+    remove_tree(tmp_path / "f")
+    remove_tree(tmp_path / "missing")
+    assert not (tmp_path / "f").exists()
