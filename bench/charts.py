@@ -96,11 +96,11 @@ def times_grid(results: dict, path: str) -> bool:
     cols = 4
     rows = math.ceil(len(wls) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
-    for ax, w in zip(axes.flat, wls):
+    for ax, w in zip(axes.flat, wls, strict=False):
         names = [n for n, c in w["cells"].items() if c.get("summary")]
         med = [w["cells"][n]["summary"]["median"] for n in names]
-        lo = [m - w["cells"][n]["summary"]["min"] for n, m in zip(names, med)]
-        hi = [w["cells"][n]["summary"]["max"] - m for n, m in zip(names, med)]
+        lo = [m - w["cells"][n]["summary"]["min"] for n, m in zip(names, med, strict=True)]
+        hi = [w["cells"][n]["summary"]["max"] - m for n, m in zip(names, med, strict=True)]
         ax.bar(
             range(len(names)),
             med,

@@ -34,7 +34,7 @@ def summarize(samples: Sequence[float | None]) -> Summary | None:
 def paired_speed(impl: Sequence[float | None], ref: Sequence[float | None]) -> Summary | None:
     """Speed of impl relative to ref, one ratio per repetition where both have a positive time."""
     ratios = [
-        r / i for i, r in zip(impl, ref) if i is not None and r is not None and i > 0 and r > 0
+        r / i for i, r in zip(impl, ref, strict=False) if i is not None and r is not None and i > 0 and r > 0
     ]
     return summarize(ratios)
 

@@ -45,7 +45,7 @@ import zlib
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from snapshotter.digest import CHUNK, HashingReader
 from snapshotter.errors import ImageError
@@ -325,7 +325,7 @@ class _Applier:
                     raise ImageError(f"refused xattr {xname!r} on {m.name!r}: trusted and union "
                                      "filesystem attributes could forge whiteouts or opaque dirs")
 
-    def _write_file(self, path: str, src: BinaryIO | None, m: tarfile.TarInfo) -> None:
+    def _write_file(self, path: str, src: IO[bytes] | None, m: tarfile.TarInfo) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600)
         with os.fdopen(fd, "wb", buffering=0) as out:
@@ -438,7 +438,7 @@ def apply_tar(stream: BinaryIO, dest: str | Path, *, devices: bool | None = None
     count = 0
     current = ""
     try:
-        with tarfile.open(fileobj=hr, mode="r|", bufsize=CHUNK) as tf:
+        with tarfile.open(fileobj=hr, mode="r|", bufsize=CHUNK) as tf:  # type: ignore[call-overload]
             for m in tf:
                 current = m.name
                 ap.entry(tf, m)

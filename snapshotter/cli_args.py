@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 from pathlib import Path
+from typing import NoReturn
 
 
 class UsageError(Exception):
@@ -12,7 +13,7 @@ class UsageError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not argparse's usage dump
+    def error(self, message: str) -> NoReturn:  # one line, not argparse's usage dump
         raise UsageError(message)
 
 

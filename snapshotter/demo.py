@@ -46,7 +46,7 @@ def _layer(entries: list[tuple[str, str, bytes | str, int]]) -> bytes:
 def build_image(dest: Path) -> Path:
     """Layer 1: busybox, passwd/group, /etc/greeting, /etc/remove-me. Layer 2 overrides the
     greeting. Written as an OCI image layout directory."""
-    base = [("bin", "dir", b"", 0o755), ("bin/busybox", "file", BUSYBOX.read_bytes(), 0o755),
+    base: list[tuple[str, str, bytes | str, int]] = [("bin", "dir", b"", 0o755), ("bin/busybox", "file", BUSYBOX.read_bytes(), 0o755),
             *[(f"bin/{a}", "link", "busybox", 0o777) for a in APPLETS],
             ("etc", "dir", b"", 0o755),
             ("etc/passwd", "file", "root:x:0:0:root:/root:/bin/sh\n", 0o644),
@@ -55,7 +55,7 @@ def build_image(dest: Path) -> Path:
             ("etc/remove-me", "file", "in the image\n", 0o644),
             ("root", "dir", b"", 0o700), ("tmp", "dir", b"", 0o1777),
             ("proc", "dir", b"", 0o755), ("sys", "dir", b"", 0o755), ("dev", "dir", b"", 0o755)]
-    top = [("etc", "dir", b"", 0o755), ("etc/greeting", "file", "hello from layer 2\n", 0o644)]
+    top: list[tuple[str, str, bytes | str, int]] = [("etc", "dir", b"", 0o755), ("etc/greeting", "file", "hello from layer 2\n", 0o644)]
     blobs = dest / "blobs" / "sha256"
     blobs.mkdir(parents=True)
 

@@ -132,10 +132,17 @@ def platform_matches(want: tuple[str, str, str | None], os_: str | None, arch: s
 class Source:
     """Files of an image, in a directory or a tar archive, addressed by relative path."""
 
-    def exists(self, rel: str) -> bool: ...
-    def open(self, rel: str) -> BinaryIO: ...
-    def size(self, rel: str) -> int: ...
-    def close(self) -> None: ...
+    def exists(self, rel: str) -> bool:
+        raise NotImplementedError
+
+    def open(self, rel: str) -> BinaryIO:
+        raise NotImplementedError
+
+    def size(self, rel: str) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
 
     def read(self, rel: str, limit: int = MAX_JSON) -> bytes:
         if self.size(rel) > limit:

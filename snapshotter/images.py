@@ -12,6 +12,7 @@ commits read them back (README, Rootless), so the images are the same as root's.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import copy
 import fcntl
@@ -28,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 from snapshotter import image_readers as ir
 from snapshotter.applier import apply_tar, rootless_ids
@@ -272,7 +273,7 @@ class ImageStore:
                     self.snapshots.remove(info.name)
         self.content.cleanup()
 
-    def _ingest(self, img: ir.SourceImage, created: list[str]) -> tuple[str, dict]:
+    def _ingest(self, img: ir.SourceImage, created: builtins.list[str]) -> tuple[str, dict]:
         """Copy and verify every blob of IMG; return the manifest digest and manifest."""
         total = sum(x.size or 0 for x in img.layers)
         self.progress.start("copying", len(img.layers), total)
@@ -315,8 +316,8 @@ class ImageStore:
             created.append(mdigest)
         return mdigest, manifest
 
-    def _unpack_all(self, layers: list[dict], diff_ids: list[str], chains: list[str],
-                    created: list[str]) -> None:
+    def _unpack_all(self, layers: builtins.list[dict], diff_ids: builtins.list[str],
+                    chains: builtins.list[str], created: builtins.list[str]) -> None:
         self.progress.start("unpacking", len(layers), 0)     # uncompressed size is unknown
         for i, desc in enumerate(layers):
             self.progress.next_layer()
@@ -388,7 +389,7 @@ class ImageStore:
                 self.snapshots.remove(key)
             raise
 
-    def _rollback(self, snaps: list[str], blobs: list[str]) -> None:
+    def _rollback(self, snaps: builtins.list[str], blobs: builtins.list[str]) -> None:
         used_chains, used_blobs = self._others("")
         for chain in reversed(snaps):
             if chain not in used_chains:
@@ -422,7 +423,7 @@ class ImageStore:
                 if b not in used_blobs:
                     self.content.delete(b)
 
-    def collect_layers(self) -> list[str]:
+    def collect_layers(self) -> builtins.list[str]:
         """Remove image layers that no image uses and no snapshot builds on (e.g. an image
         removed while a container ran on it): committed snapshots carrying LAYER_LABEL only,
         children before parents. Returns the ChainIDs removed."""
@@ -459,10 +460,8 @@ class ImageStore:
             if not self.content.has(b):
                 raise ImageError(f"image {name!r} is missing blob {b}")
         with tempfile.TemporaryDirectory(dir=self.content.ingest_dir) as tmpdir:
-            if fmt == "oci":
-                files = self._oci_files(rec)
-            else:
-                files = self._docker_files(rec, Path(tmpdir))
+            files = (self._oci_files(rec) if fmt == "oci"
+                     else self._docker_files(rec, Path(tmpdir)))
             as_tar = fmt == "docker-archive" or path.suffix == ".tar"
             self.progress.start("exporting", len(rec.layers),
                                 sum(self._file_size(v) for v in files.values()))
@@ -479,7 +478,7 @@ class ImageStore:
 
     def _index(self, rec: ImageRecord, mdigest: str, msize: int, mtype: str) -> bytes:
         _, tag = split_tag(rec.name)
-        desc = {"mediaType": mtype, "digest": mdigest, "size": msize,
+        desc: dict[str, Any] = {"mediaType": mtype, "digest": mdigest, "size": msize,
                 "annotations": {ir.CONTAINERD_NAME: rec.name, ir.REF_NAME: tag},
                 "platform": {"os": rec.config.get("os", "linux"),
                              "architecture": rec.config.get("architecture", "")}}

@@ -306,7 +306,7 @@ def write_layer(upper: str | Path, out: BinaryIO, compression: str = "gzip",
     else:
         inner = outer
     try:
-        with tarfile.open(fileobj=inner, mode="w|",  # type: ignore[arg-type]
+        with tarfile.open(fileobj=inner, mode="w|",  # type: ignore[call-overload]
                           format=tarfile.PAX_FORMAT, bufsize=1 << 20) as tf:
             tf.copybufsize = 1 << 20
             w = _Writer(Path(upper), tf, mtime_clamp, ids)

@@ -164,7 +164,7 @@ class NamespacedSnapshots:
         if not name:
             raise InvalidArgument("snapshot name must not be empty")
         active = self._resolve(ns, key)
-        space = split_internal(active)[0]        # the name joins the active snapshot's space
+        space = split_internal(active)[0]  # type: ignore[index]  # _resolve: internal keys only
         self.sn.commit(internal_key(space, name), active, labels)
 
     def remove(self, ns: str | None, key: str) -> None:

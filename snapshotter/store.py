@@ -116,7 +116,8 @@ class Tx:
             "INSERT INTO snapshots (key, kind, parent, labels, created, updated)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             (key, kind, parent_id, json.dumps(labels, sort_keys=True), ts, ts))
-        return int(cur.lastrowid)
+        assert cur.lastrowid is not None      # set by every INSERT
+        return cur.lastrowid
 
     def commit_active(self, sid: int, name: str, labels: dict[str, str], ts: int,
                       size: int, inodes: int) -> None:

@@ -9,12 +9,14 @@ meaningful to that user.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 SYSTEM_ROOT = Path("/var/lib/pyunion")
 
 
-def default_store_root(euid: int | None = None, env: dict[str, str] | None = None) -> Path:
+def default_store_root(euid: int | None = None,
+                       env: Mapping[str, str] | None = None) -> Path:
     """/var/lib/pyunion for root; $XDG_DATA_HOME/pyunion, else ~/.local/share/pyunion.
 
     A relative XDG_DATA_HOME is ignored, as the XDG base directory spec requires.

@@ -17,7 +17,7 @@ def _mounts() -> str:
         return f.read()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="the container half of the demo needs root")
+@pytest.mark.root   # the container half of the demo
 def test_demo_runs_and_cleans_up():
     before = set(glob.glob(os.path.join(tempfile.gettempdir(), "pyunion-demo-*")))
     r = subprocess.run([*PYUNION, "demo"], capture_output=True, text=True, timeout=300,

@@ -352,7 +352,7 @@ def unmount(target: str, lazy: bool = False, timeout: float = 30.0) -> list[str]
                 next_look = now + 0.2
                 elsewhere = namespaces_holding(entry.dev)
                 held_since = (held_since or now) if elsewhere else None
-                if elsewhere and now - held_since > GRACE_S:
+                if elsewhere and held_since is not None and now - held_since > GRACE_S:
                     raise MountError(_elsewhere(target, elsewhere[0], f"daemon {pid}"))
             if lazy and stopped_since is None and now > deadline - timeout + GRACE_S:
                 warnings.append(f"detached {target}; daemon {pid} keeps serving what still "

@@ -55,7 +55,7 @@ class DirectWait:
             return False
         while True:
             events = self._poll.poll()      # a signal's handler writes stop_fd: poll wakes
-            for fd, ev in events:
+            for fd, _ev in events:
                 if fd == self.stop_fd:
                     self.stopping = True
                     pyfuse3.terminate()

@@ -308,7 +308,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
     cells = [head] + [[r["id"], str(r["pid"]), r["status"], r["bundle"], r["created"],
                        r["owner"]] for r in rows]
     widths = [max(12, max(len(c[i]) for c in cells) + 3) for i in range(len(head))]
-    return "\n".join("".join(c.ljust(w) for c, w in zip(row[:-1], widths)) + row[-1]
+    return "\n".join("".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=False)) + row[-1]
                      for row in cells)
 
 

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 APPLETS = ["sh", "id", "hostname", "cat", "ls", "echo", "sleep", "touch", "grep", "readlink",
            "pwd", "mkdir", "rm", "true", "false", "env", "stat", "mount", "umask", "test", "kill"]
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root")
+needs_root = pytest.mark.root
 needs_busybox = pytest.mark.skipif(not os.path.exists(BUSYBOX), reason="busybox-static missing")
 needs_runc = pytest.mark.skipif(shutil.which("runc") is None, reason="runc missing")
 

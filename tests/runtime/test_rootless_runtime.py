@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
+import tests.rootless as rootless_fixture
 from snapshotter.runtime import rootless, spec
+from tests import imagebuild
 from tests.runtime.conftest import APPLETS, BUSYBOX, needs_busybox
 
 pytestmark = [needs_busybox,
-              pytest.mark.skipif(os.geteuid() != 0, reason="creates a user: needs root")]
+              pytest.mark.root]   # creates a user
 
-rootless_fixture = pytest.importorskip("tests.rootless")
-imagebuild = pytest.importorskip("tests.imagebuild")
 if shutil.which("newuidmap") is None:
     pytestmark.append(pytest.mark.skip(reason="newuidmap missing (package uidmap)"))
 

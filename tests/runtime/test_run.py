@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from snapshotter import images
+from tests import imagebuild
 from tests.runtime.conftest import needs_busybox, needs_root
 
 pytestmark = [needs_root, needs_busybox]
 
-imagebuild = pytest.importorskip("tests.imagebuild")
-images = pytest.importorskip("snapshotter.images")
 
 REINSTATED = "back in layer 3\n"
 

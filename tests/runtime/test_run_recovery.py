@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
+from snapshotter import images
+from tests import imagebuild
 from tests.badinput import refused
 from tests.runtime import test_run
 from tests.runtime.conftest import needs_busybox, needs_root
@@ -21,8 +21,6 @@ from tests.runtime.test_run import assert_clean, prun, snapshots
 
 pytestmark = [needs_root, needs_busybox]
 store = test_run.store     # the module-scoped store holding bb:1
-imagebuild = pytest.importorskip("tests.imagebuild")
-images = pytest.importorskip("snapshotter.images")
 
 
 def alive(pid: int) -> bool:

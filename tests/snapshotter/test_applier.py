@@ -14,7 +14,7 @@ import pytest
 from snapshotter.applier import apply_tar, clean_name, resolve_in_root
 from tests.imagebuild import base_layers, layer_tar
 
-root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown, mknod)")
+root_only = pytest.mark.root   # chown, mknod
 
 
 def tar_of(*members: tuple[tarfile.TarInfo, bytes | None]) -> bytes:

@@ -23,7 +23,7 @@ from snapshotter.snapshots import Kind, mount_snapshot, unmount
 from tests.imagebuild import build_busybox_image, tree_snapshot
 from tests.mounting import force_unmount, pyunion
 
-root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mounts, chown)")
+root_only = pytest.mark.root   # mounts, chown
 TOOLS = pytest.mark.skipif(not shutil.which("umoci"), reason="umoci validates exports")
 
 

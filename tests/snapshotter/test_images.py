@@ -26,7 +26,7 @@ from tests.imagebuild import (
 )
 from tests.mounting import PYUNION, pyunion
 
-root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+root_only = pytest.mark.root
 TOOLS = pytest.mark.skipif(not (shutil.which("umoci") and shutil.which("skopeo")),
                            reason="umoci and skopeo (Debian packages) are the validators")
 

@@ -85,7 +85,7 @@ def test_names_links_and_listing(fs: UnionFilesystem) -> None:
 def test_dead_number_reused_gets_a_new_generation(fs: UnionFilesystem) -> None:
     root = fsapi.ROOT_INO
     seen: dict[int, int] = {}
-    for i in range(50):
+    for _ in range(50):
         d = fs.mkdir(root, b"c", 0o755, CTX)
         if d.attr.ino in seen:
             assert d.generation > seen[d.attr.ino]

@@ -21,7 +21,7 @@ import pytest
 
 from tests.mounting import mounted
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for FUSE and mknod")
+pytestmark = [pytest.mark.root, pytest.mark.fuse]   # mknod
 
 
 class Stack:

@@ -15,7 +15,7 @@ from unionfs.mount_cli import pid_file
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mount(8) needs root")
+@pytest.mark.root   # mount(8)
 def test_mount_t_fuse_pyunion(tmp_path):
     if not shutil.which("pyunion", path=SYSTEM_PATH):
         pytest.skip("pyunion is not on the system PATH (scripts/setup.sh links it as root)")

@@ -15,7 +15,7 @@ import pytest
 from tests.mounting import mounted
 from unionfs import libc
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for FUSE and chown")
+pytestmark = [pytest.mark.root, pytest.mark.fuse]   # chown
 
 def renameat2(a: Path, b: Path, flags: int) -> None:
     libc.renameat2(str(a), str(b), flags)

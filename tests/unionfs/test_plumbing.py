@@ -48,7 +48,7 @@ def test_unescape_only_octal_triplets():
     assert mountinfo.unescape("a\\04") == "a\\04"          # not a triplet: left alone
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs")
+@pytest.mark.root   # mounts a tmpfs
 def test_real_mount_with_hostile_name_is_found(tmp_path):
     """A mount point whose name holds a space, tab, newline, backslash and a byte that is not
     UTF-8 is read back from the kernel's table as the path os functions take."""
@@ -197,7 +197,7 @@ print(os.path.exists(t), os.path.exists(base + "/keep"))
 """
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="runs the removal as another user (setpriv)")
+@pytest.mark.root   # runs the removal as another user (setpriv)
 def test_remove_tree_as_a_user_with_unwritable_dirs_deep_chains_and_symlinks():
     """As an ordinary user a tree with `dr-xr-xr-x` and `d---------` directories (as layers
     hold) is removed; a symlink is removed, not followed; 1200 levels do not recurse."""

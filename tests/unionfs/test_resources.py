@@ -13,7 +13,7 @@ import pytest
 from tests.mounting import mounted
 from unionfs.mount_cli import pid_file
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for FUSE")
+pytestmark = [pytest.mark.root, pytest.mark.fuse]
 
 
 def daemon_pid(target) -> int:
@@ -54,7 +54,7 @@ def test_descriptors_stay_flat(tmp_path):
         for i in range(200):
             with open(mnt / f"f{i}", "a") as f:  # copy-up, then write handles
                 f.write("+")
-        for i in range(1000):
+        for _ in range(1000):
             os.mkdir(mnt / "d")
             (mnt / "d" / "x").write_text("x")
             os.listdir(mnt / "d")
@@ -97,7 +97,7 @@ def test_big_tree_walked_twice_keeps_descriptors_bounded(tmp_path):
             (deep / "f").write_text("x")
         seen = 0
         for _ in range(2):
-            for top, dirs, files in os.walk(mnt):
+            for top, _dirs, files in os.walk(mnt):
                 for name in files:
                     os.lstat(os.path.join(top, name))
                     seen += 1

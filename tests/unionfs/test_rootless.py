@@ -22,7 +22,7 @@ import pytest
 
 from unionfs.ownership import OVERRIDE_XATTR, parse_override
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="creates a user: needs root")
+pytestmark = [pytest.mark.root, pytest.mark.fuse]   # creates a user
 
 USER = "pyunion-fs"
 REPO = Path(__file__).resolve().parents[2]
