@@ -459,6 +459,11 @@ class ImageStore:
         for b in rec.blobs:
             if not self.content.has(b):
                 raise ImageError(f"image {name!r} is missing blob {b}")
+        for i, desc in enumerate(rec.layers):    # e.g. a record made before imports checked it
+            known = self.db.diff_id_of(desc["digest"])
+            if known is not None and known != rec.diff_ids[i]:
+                raise ImageError(f"image {name!r} does not verify: layer {i} ({desc['digest']}) "
+                                 f"is {known}, not diff_id {rec.diff_ids[i]}")
         with tempfile.TemporaryDirectory(dir=self.content.ingest_dir) as tmpdir:
             files = (self._oci_files(rec) if fmt == "oci"
                      else self._docker_files(rec, Path(tmpdir)))

@@ -7,6 +7,9 @@ The container runs in the foreground with our stdio; SIGINT/SIGTERM are forwarde
 exit status is the container's. Whatever happens (program crash, Ctrl-C, an error of ours), the
 container is deleted and the snapshot unmounted before this returns; --commit then turns the
 snapshot's upper directory into a new image, and --rm removes the snapshot.
+
+A run killed with SIGKILL cleans up nothing: its bundle records the run's pid, so the next run
+with that --name says so, and `pyunion rm NAME` removes what is left (rm_main).
 """
 
 from __future__ import annotations

@@ -43,6 +43,9 @@ def _cases(b: Path) -> dict[str, tuple[list[str], int]]:
         "mount: -o without list": (["mount", spec, mnt, "-o"], 2),
         "mount: target is /": (["mount", spec, "/"], 1),
         "mount: lower is /": (["mount", f"{b / 'u'}:/", mnt], 1),
+        "mount: upper is a link to the lower": (["mount", f"{b / 'ul'}:{b / 'l'}", mnt], 1),
+        "mount: workdir through a link into the lower": (["mount", "-o", f"workdir={b / 'ul'}/w",
+                                                          spec, mnt], 1),
         "umount: nothing": (["umount"], 2),
         "umount: two targets": (["umount", mnt, mnt], 2),
         "umount: unknown flag": (["umount", "--force", mnt], 2),
@@ -121,6 +124,14 @@ def _cases(b: Path) -> dict[str, tuple[list[str], int]]:
         "rm: nothing": (["rm", *r], 2),
         "rm: missing": (["rm", *r, "nope"], 1),
         "rm: hostile name": (["rm", *r, "../../etc"], 2),
+        # runtime: runc's command line, and runc's exit status 1 for every error
+        "runtime: unknown flag": (["runtime", "--root", str(b / "rt"), "--frob"], 1),
+        "runtime state: no id": (["runtime", "--root", str(b / "rt"), "state"], 1),
+        "runtime state: missing": (["runtime", "--root", str(b / "rt"), "state", "nope"], 1),
+        "runtime create: missing bundle": (["runtime", "--root", str(b / "rt"), "create",
+                                            "--bundle", missing, "x"], 1),
+        "runtime kill: bad signal": (["runtime", "--root", str(b / "rt"), "kill", "x",
+                                      "NOSIG"], 1),
         # demo
         "demo: unknown flag": (["demo", "--frob"], 2),
     }
@@ -137,6 +148,7 @@ def base(tmp_path_factory) -> Path:
         (b / d).mkdir()
     (b / "l" / "file").write_text("lower\n")
     (b / "f").write_text("a file\n")
+    (b / "ul").symlink_to(b / "l")
     with Snapshotter(b / "root") as sn:
         sn.prepare("base-a")
         sn.commit("base", "base-a")

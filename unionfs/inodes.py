@@ -24,7 +24,7 @@ UPPER = 0
 MAX_NAMES = 64          # names remembered per node beyond its current one (bounded memory)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Node:
     ino: int
     parent: Node | None

@@ -258,6 +258,13 @@ class Resolution:
         cur.lookups += 1
 
     def stat(self, node: Node) -> os.stat_result:
+        if node.dead:
+            # Its last name is gone (an open, unlinked file): the name may already belong to
+            # a new object, so only an open descriptor tells about this one.
+            fd = self._any_fd(node)
+            if fd is not None:
+                return os.fstat(fd)
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
         try:
             real = self.node_real(node)
             if node.layer != UPPER:

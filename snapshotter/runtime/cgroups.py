@@ -164,6 +164,11 @@ class Cgroup:
             for key, mp in hier.items():
                 base = mp if absolute else mp / own.get(key, "/").lstrip("/")
                 path = base / rel.lstrip("/")
+                busy = _procs_of(path)
+                if busy:
+                    # delete kills what is in the container's cgroup: never adopt others'
+                    raise ContainerError(f"container's cgroup is not empty: {len(busy)} "
+                                         f"process(es) found in {path}")
                 try:
                     made += _mkdirs(path, key)
                     if key == "" and is_unified(hier):
@@ -275,6 +280,13 @@ class Cgroup:
                 raise ContainerError(f"cannot set {controller} limit: container could not join "
                                      "or create cgroup")
             _write(d, name, value)
+
+
+def _procs_of(path: Path) -> list[str]:
+    try:
+        return (path / "cgroup.procs").read_text().split()
+    except OSError:
+        return []
 
 
 def _mkdirs(path: Path, key: str) -> list[str]:

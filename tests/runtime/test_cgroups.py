@@ -291,3 +291,30 @@ def test_v2_freezer_on_the_real_unified_hierarchy(tmp_path):
         cg.remove()
     assert not d.exists()
     os.sync()
+
+
+@hybrid
+def test_a_cgroup_in_use_is_not_adopted(pyrt, bundles):
+    """delete kills everything in the container's cgroup, so create refuses a cgroup that
+    already holds processes (runc 1.1.5 only warns, and its delete then cannot remove it)."""
+    busy = V1 / "pids" / "pyunion-test" / "busy"
+    busy.mkdir(parents=True)
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        (busy / "cgroup.procs").write_text(str(sleeper.pid))
+        bundle = bundles.make(["true"], _edit("busy", {}))
+        res = pyrt("run", "--bundle", str(bundle), "busy")
+        assert res.returncode == 1
+        assert err(res) == f"container's cgroup is not empty: 1 process(es) found in {busy}"
+        assert sleeper.poll() is None  # still alive
+        assert not (pyrt.root / "busy").exists()
+        assert not (V1 / "memory" / "pyunion-test" / "busy").exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        for _ in range(100):
+            try:
+                busy.rmdir()
+                break
+            except OSError:
+                time.sleep(0.02)

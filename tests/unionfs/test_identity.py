@@ -378,3 +378,16 @@ def test_renamed_merged_dir_keeps_its_upper_subdirs_numbers_to_itself(s: Stack) 
             assert stat.S_ISDIR(st.st_mode) and st.st_ino == ino
             assert ino not in fresh
             assert os.listdir(m / f"e/s{i}") == ["t"]
+
+
+def test_open_unlinked_file_keeps_its_own_attributes(s: Stack) -> None:
+    """An editor's pattern: the file is open, its name removed and made again for a new file;
+    fstat through the old descriptor shows the old file, not the new one under its name."""
+    with s.mount() as m:
+        (m / "a").write_bytes(b"old contents")
+        with open(m / "a", "rb") as old:
+            os.unlink(m / "a")
+            (m / "a").write_bytes(b"new")
+            assert os.fstat(old.fileno()).st_size == len(b"old contents")
+            assert old.read() == b"old contents"
+        assert (m / "a").read_bytes() == b"new"
