@@ -11,7 +11,6 @@ reason.
 
 from __future__ import annotations
 
-import enum
 import fcntl
 import json
 import os
@@ -21,11 +20,12 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
+from snapshotter import api
+from snapshotter.api import Info, Kind, Mount, Usage
 from snapshotter.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -41,38 +41,6 @@ from unionfs.trees import remove_tree
 MAX_LABEL_BYTES = 4096  # containerd pkg/labels/validate.go: key + value
 MOUNT_TYPE = "fuse3.pyunion"
 SUBPROCESS_TIMEOUT_S = 120
-
-
-class Kind(enum.Enum):
-    VIEW = "view"
-    ACTIVE = "active"
-    COMMITTED = "committed"
-
-
-@dataclass
-class Info:
-    kind: Kind
-    name: str
-    parent: str = ""
-    labels: dict[str, str] = field(default_factory=dict)
-    created: datetime | None = None
-    updated: datetime | None = None
-
-
-@dataclass
-class Usage:
-    size: int
-    inodes: int
-
-
-@dataclass
-class Mount:
-    type: str
-    source: str
-    options: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {"type": self.type, "source": self.source, "options": list(self.options)}
 
 
 def default_root() -> Path:
@@ -278,7 +246,8 @@ def disk_usage(path: Path) -> Usage:
 # ---------------------------------------------------------------- the store --------------------
 
 class Snapshotter:
-    """containerd's Snapshotter over one store root; safe to use from several processes."""
+    """containerd's Snapshotter (the spec: snapshotter/api.py) over one store root, in SQLite
+    plus one directory per snapshot; safe to use from several processes."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root).absolute()
@@ -317,9 +286,7 @@ class Snapshotter:
         return row
 
     def _mounts(self, tx: Tx, row: Row) -> list[Mount]:
-        if row.kind == Kind.COMMITTED.value:
-            raise FailedPrecondition(f"snapshot {row.key!r} is committed: mount an active snapshot"
-                                     " or a view of it")
+        api.check_mountable(row.key, Kind(row.kind))
         parents = [str(self._fs(p.id)) for p in tx.chain(row.id)[1:]]
         active = row.kind == Kind.ACTIVE.value
         if not parents:
@@ -370,10 +337,8 @@ class Snapshotter:
             parent_id = None
             if parent:
                 prow = tx.get(parent)
-                if prow is None:
-                    raise NotFound(f"parent snapshot {parent!r} does not exist")
-                if prow.kind != Kind.COMMITTED.value:
-                    raise InvalidArgument(f"parent {parent!r} is not a committed snapshot")
+                api.check_parent(parent, None if prow is None else Kind(prow.kind))
+                assert prow is not None
                 parent_id = prow.id
             tmp = Path(tempfile.mkdtemp(prefix="new-", dir=self.snapshots_dir))
             try:
@@ -437,8 +402,7 @@ class Snapshotter:
                 parent_id = None
                 if parent:
                     prow = self._need(tx, parent)
-                    if prow.kind != Kind.COMMITTED.value:
-                        raise InvalidArgument(f"parent {parent!r} is not a committed snapshot")
+                    api.check_parent(parent, Kind(prow.kind))
                     parent_id = prow.id
                 ts = now_micros()
                 sid = tx.insert(name, Kind.ACTIVE.value, parent_id, labels, ts)
@@ -462,16 +426,13 @@ class Snapshotter:
         if tx.get(name) is not None:
             raise AlreadyExists(f"snapshot {name!r} already exists")
         row = self._need(tx, key)
-        if row.kind != Kind.ACTIVE.value:
-            raise FailedPrecondition(f"snapshot {key!r} is {row.kind}: only an active snapshot"
-                                     " can be committed")
+        api.check_committable(key, Kind(row.kind))
         return row
 
     def remove(self, key: str) -> None:
         with self._db.write() as tx:
             row = self._need(tx, key)
-            if tx.has_children(row.id):
-                raise FailedPrecondition(f"cannot remove snapshot {key!r} with child")
+            api.check_removable(key, tx.has_children(row.id))
             tx.delete(row.id)
             src, doomed = self._dir(row.id), self.snapshots_dir / f"rm-{row.id}"
             if src.exists():
@@ -663,3 +624,7 @@ def unmount(target: Path) -> None:
                        check=False)
         if mount_fstype(target) is not None:
             raise err or SnapshotterError(f"could not unmount {target}")
+
+
+if TYPE_CHECKING:   # mypy checks the store against the spec
+    _implements: type[api.Snapshotter] = Snapshotter
