@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tests.snapshotter.grpc_support import Server
+from unionfs import mountinfo
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -153,8 +154,7 @@ class Containerd:
 
     def _unmount_leftovers(self) -> None:
         """Lazily unmount anything still mounted under our dirs (a crashed test's rootfs)."""
-        with open("/proc/self/mountinfo") as f:
-            targets = [line.split()[4] for line in f]
+        targets = [m.mountpoint for m in mountinfo.mounts()]
         for t in reversed(targets):
             if t.startswith((f"{self.base}/", f"{self.store_root}/")):
                 subprocess.run(["umount", "-l", t], capture_output=True, timeout=30,

@@ -9,13 +9,14 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from unionfs import mountinfo
+
 PYUNION = [sys.executable, "-m", "unionfs"]
 
 
 def is_mounted(target: str | os.PathLike) -> bool:
     target = os.path.realpath(target)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == target for line in f)
+    return any(m.mountpoint == target for m in mountinfo.mounts())
 
 
 def force_unmount(target: str | os.PathLike) -> None:

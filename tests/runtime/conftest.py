@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from snapshotter.runtime import spec
+from unionfs import mountinfo
 
 BUSYBOX = "/usr/bin/busybox"
 REPO = Path(__file__).resolve().parents[2]
@@ -140,8 +141,8 @@ def anyrt(request: pytest.FixtureRequest, tmp_path: Path):
 
 
 def host_mount_lines(needle: str) -> list[str]:
-    return [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
-            if needle in line]
+    return [f"{m.mountpoint} ({m.fstype} {m.source} {m.root})" for m in mountinfo.mounts()
+            if any(needle in f for f in (m.mountpoint, m.source, m.root))]
 
 
 def cgroup_dir(cid: str) -> Path | None:

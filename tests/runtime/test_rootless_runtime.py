@@ -19,6 +19,7 @@ import tests.rootless as rootless_fixture
 from snapshotter.runtime import rootless, spec
 from tests import imagebuild
 from tests.runtime.conftest import APPLETS, BUSYBOX, needs_busybox
+from unionfs import mountinfo
 
 pytestmark = [needs_busybox,
               pytest.mark.root]   # creates a user
@@ -61,8 +62,8 @@ def _kill_leftovers(u) -> None:
             os.kill(pid, 9)
         except ProcessLookupError:
             pass
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        mp = line.split()[4]
+    for m in mountinfo.mounts():
+        mp = m.mountpoint
         if mp.startswith(str(u.home)):
             subprocess.run(["fusermount3", "-uz", mp], capture_output=True, timeout=30,
                            check=False)
@@ -81,8 +82,7 @@ def _describe(pid: int) -> str | None:
 
 
 def assert_clean(u) -> None:
-    mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
-              if line.split()[4].startswith(str(u.home))]
+    mounts = [m.mountpoint for m in mountinfo.mounts() if m.mountpoint.startswith(str(u.home))]
     assert mounts == []
     left = {p: _describe(p) for p in _user_pids(u)}
     assert {p: d for p, d in left.items() if d is not None} == {}

@@ -12,6 +12,7 @@ import pytest
 from snapshotter import images
 from tests import imagebuild
 from tests.runtime.conftest import needs_busybox, needs_root
+from unionfs import mountinfo
 
 pytestmark = [needs_root, needs_busybox]
 
@@ -31,10 +32,10 @@ def store(tmp_path_factory: pytest.TempPathFactory):
         rec = s.import_path(src, name="bb:1")
         lowers = {c: imagebuild.tree_snapshot(s.snapshots.fs_path(c)) for c in rec.chain_ids}
     yield root, lowers
-    leftover = [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
-                if str(root) in line]
-    for line in leftover:  # never leave a mount behind, even when a test failed
-        subprocess.run(["fusermount3", "-uz", line.split()[4]], check=False, timeout=10)
+    leftover = [m.mountpoint for m in mountinfo.mounts()
+                if str(root) in m.mountpoint or str(root) in m.source]
+    for mp in leftover:  # never leave a mount behind, even when a test failed
+        subprocess.run(["fusermount3", "-uz", mp], check=False, timeout=10)
     assert leftover == []
 
 

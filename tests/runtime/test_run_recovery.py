@@ -18,6 +18,7 @@ from tests.badinput import refused
 from tests.runtime import test_run
 from tests.runtime.conftest import needs_busybox, needs_root
 from tests.runtime.test_run import assert_clean, prun, snapshots
+from unionfs import mountinfo
 
 pytestmark = [needs_root, needs_busybox]
 store = test_run.store     # the module-scoped store holding bb:1
@@ -52,8 +53,7 @@ def container_pid(root: Path, cid: str) -> int:
 
 
 def mounts_under(root: Path) -> list[str]:
-    return [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
-            if str(root) in line.split()[4]]
+    return [m.mountpoint for m in mountinfo.mounts() if str(root) in m.mountpoint]
 
 
 def test_killed_run_is_cleaned_by_pyunion_rm(store):

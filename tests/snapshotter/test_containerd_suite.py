@@ -33,6 +33,7 @@ from snapshotter.errors import InvalidArgument
 from snapshotter.snapshots import Info, Kind, Mount, Snapshotter, mount_snapshot, unmount
 from tests.mounting import force_unmount, is_mounted
 from tests.snapshotter.grpc_support import running_server
+from unionfs import mountinfo
 
 GC_ROOT = {"containerd.io/gc.root": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
@@ -188,8 +189,7 @@ def work(tmp_path) -> Iterator[Path]:
     w.mkdir()
     yield w
     # never leave anything mounted under the work area, whatever the test did
-    with open("/proc/self/mountinfo") as f:
-        targets = [line.split()[4] for line in f]
+    targets = [m.mountpoint for m in mountinfo.mounts()]
     for t in reversed(targets):
         if t.startswith(str(w) + "/"):
             with contextlib.suppress(Exception):

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar, Self
 
+from unionfs import mountinfo
 from unionfs.deeppath import DeepPaths
 from unionfs.libc import RENAME_EXCHANGE, renameat2
 
@@ -667,13 +668,8 @@ def exchange_emulate(root: str | os.PathLike, a: str, b: str) -> None:
 
 def mountpoints_under(base: str | os.PathLike) -> list[str]:
     base = os.path.realpath(base)
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            mp = line.split()[4].replace("\\040", " ")
-            if mp == base or mp.startswith(base + "/"):
-                out.append(mp)
-    return out
+    return [m.mountpoint for m in mountinfo.mounts()
+            if m.mountpoint == base or m.mountpoint.startswith(base + "/")]
 
 
 def is_mounted(target: str | os.PathLike) -> bool:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from unionfs import mountinfo
 from unionfs.ownership import OVERRIDE_XATTR, parse_override
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse]   # creates a user
@@ -79,8 +80,8 @@ def rootless(tmp_path_factory):
     python = Path(sys.executable)
     with _searchable([REPO, python.parent, python.resolve().parent]), _fuse_open_to_all():
         yield pw, base
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        mnt = line.split()[4]
+    for m in mountinfo.mounts():
+        mnt = m.mountpoint
         if mnt.startswith(str(base)):
             subprocess.run(["umount", "-l", mnt], check=False)
     shutil.rmtree(base, ignore_errors=True)
