@@ -4,6 +4,8 @@ id) and what an id is in the initial namespace."""
 
 from __future__ import annotations
 
+import os
+
 WHOLE = (0, 0, 4294967295)   # the initial namespace's map: every id is itself
 
 
@@ -22,6 +24,12 @@ def whole_id_space(kind: str = "uid", pid: int | str = "self") -> bool:
     """Every id maps to itself: not in a user namespace that maps only part of the id space."""
     rows = read(kind, pid)
     return rows is None or rows == [WHOLE]
+
+
+def chown_out_of_reach() -> bool:
+    """Whether chown cannot give a file any owner: not root, or root of a user namespace that
+    maps only part of the id space (then owners are recorded in override xattrs instead)."""
+    return os.geteuid() != 0 or not whole_id_space("uid")
 
 
 def to_host(ident: int, rows: list[tuple[int, int, int]] | None) -> int:

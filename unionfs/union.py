@@ -22,6 +22,7 @@ from unionfs.creation import Creation
 from unionfs.deeppath import DeepPaths
 from unionfs.handles import Handle, Handles
 from unionfs.hardlinks import HardLinks
+from unionfs.idmaps import chown_out_of_reach as needs_override
 from unionfs.inodes import ROOT, UPPER, InodeNumbers, InodeTable, Node
 from unionfs.layers import LayerDir
 from unionfs.listing import Listing
@@ -123,16 +124,3 @@ class Union(Resolution, Listing, HardLinks, Attributes, Creation, Renaming, Hand
     def _upper_dir(self, parent: Node) -> str:
         self.copy_up(parent)
         return self.real(UPPER, parent.path())
-
-
-def needs_override() -> bool:
-    """Whether chown is out of reach: not root, or root of a user namespace that maps only
-    part of the id space."""
-    if os.geteuid() != 0:
-        return True
-    try:
-        with open("/proc/self/uid_map") as f:
-            rows = [line.split() for line in f if line.strip()]
-    except OSError:
-        return False
-    return rows != [["0", "0", "4294967295"]]

@@ -156,19 +156,21 @@ def test_id_maps():
     assert idmaps.to_host(5, None) == 5
     assert idmaps.read("uid") == [idmaps.WHOLE] or os.geteuid() != 0 or not idmaps.read("uid")
     assert idmaps.whole_id_space("uid") == (idmaps.read("uid") in (None, [idmaps.WHOLE]))
+    assert idmaps.chown_out_of_reach() == (os.geteuid() != 0 or not idmaps.whole_id_space())
 
 
 def test_id_maps_inside_a_user_namespace():
     """Root of a user namespace mapping one id is not the initial namespace's root."""
     code = ("from unionfs import idmaps, registry; import os; "
-            "print(idmaps.whole_id_space(), idmaps.read('uid'), registry._host_uid())")
+            "print(idmaps.whole_id_space(), idmaps.chown_out_of_reach(), idmaps.read('uid'), "
+            "registry._host_uid())")
     r = subprocess.run(["unshare", "--user", "--map-root-user", sys.executable, "-c", code],
                        capture_output=True, text=True, timeout=60, cwd=REPO, check=False)
     if r.returncode != 0 and "unshare" in r.stderr:
         pytest.skip(f"no user namespaces here: {r.stderr.strip()}")
     assert r.returncode == 0, r.stderr
     uid = os.getuid()
-    assert r.stdout.split("[")[0].strip() == "False"
+    assert r.stdout.split("[")[0].split() == ["False", "True"]   # partial map: record owners
     assert f"[(0, {uid}, 1)]" in r.stdout
     assert r.stdout.split()[-1] == str(uid)
 
