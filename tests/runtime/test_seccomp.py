@@ -34,10 +34,10 @@ PROBES = ("hostname x 2>&1; echo hostname=$?; busybox swapon /etc/passwd 2>&1; e
 
 @pytest.mark.skipif(not PODMAN_PROFILE.exists(), reason="containers-common's profile missing")
 @pytest.mark.parametrize("nnp", [True, False])
-@pytest.mark.parametrize("marks", [live])
+@pytest.mark.parametrize("marks", [pytest.param(live, marks=live)])   # root: tests/conftest.py
 def test_podman_default_profile(runc, pyrt, bundles, nnp, marks):
     for m in marks:
-        if m.args[0]:
+        if m.args and m.args[0]:
             pytest.skip(m.kwargs["reason"])
     res = both(runc, pyrt, bundles, ["sh", "-c", PROBES], _with(podman_default(CAPS), nnp))
     assert res["pyunion"].returncode == 0, res["pyunion"].stderr
@@ -50,12 +50,12 @@ def test_podman_default_profile(runc, pyrt, bundles, nnp, marks):
 
 
 @pytest.mark.skipif(not PODMAN_PROFILE.exists(), reason="containers-common's profile missing")
-@pytest.mark.parametrize("marks", [live])
+@pytest.mark.parametrize("marks", [pytest.param(live, marks=live)])   # root: tests/conftest.py
 def test_podman_profile_default_errno(runc, pyrt, bundles, marks):
     """podman's profile with no rule naming sethostname: the call falls to the default action,
     SCMP_ACT_ERRNO with defaultErrnoRet 38 (ENOSYS); with defaultErrnoRet unset, EPERM."""
     for m in marks:
-        if m.args[0]:
+        if m.args and m.args[0]:
             pytest.skip(m.kwargs["reason"])
     profile = podman_default(CAPS)
     profile["syscalls"] = [r for r in profile["syscalls"] if "sethostname" not in r["names"]]
@@ -70,13 +70,13 @@ def test_podman_profile_default_errno(runc, pyrt, bundles, marks):
 
 
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="profile captured on x86_64")
-@pytest.mark.parametrize("marks", [live])
+@pytest.mark.parametrize("marks", [pytest.param(live, marks=live)])   # root: tests/conftest.py
 def test_containerd_default_profile(runc, pyrt, bundles, marks):
     """containerd's default denies unshare(2) (no CAP_SYS_ADMIN) with its default action,
     SCMP_ACT_ERRNO without defaultErrnoRet: EPERM, though the kernel itself would allow an
     unprivileged user namespace; clone3 gets ENOSYS (glibc then falls back to clone)."""
     for m in marks:
-        if m.args[0]:
+        if m.args and m.args[0]:
             pytest.skip(m.kwargs["reason"])
     profile, caps = containerd_default()
 
@@ -119,10 +119,10 @@ CUSTOM_PROBES = ("mkdir /tmp/a 2>&1; rmdir /tmp 2>&1; chmod 600 /etc/passwd 2>&1
                  "umask 022 && echo umask ok; umask 027; echo unreachable")
 
 
-@pytest.mark.parametrize("marks", [live])
+@pytest.mark.parametrize("marks", [pytest.param(live, marks=live)])   # root: tests/conftest.py
 def test_custom_profile_actions_and_args(runc, pyrt, bundles, marks):
     for m in marks:
-        if m.args[0]:
+        if m.args and m.args[0]:
             pytest.skip(m.kwargs["reason"])
     res = both(runc, pyrt, bundles, ["sh", "-c", CUSTOM_PROBES], _with(_custom()))
     assert res["pyunion"].returncode == res["runc"].returncode == 128 + 31  # SIGSYS
@@ -155,12 +155,12 @@ def test_bad_profiles_are_refused(change, message):
         spec.validate(config)
 
 
-@pytest.mark.parametrize("marks", [live])
+@pytest.mark.parametrize("marks", [pytest.param(live, marks=live)])   # root: tests/conftest.py
 def test_flags(runc, pyrt, bundles, marks):
     """Debian's runc 1.1.5 refuses any flag (its libseccomp-golang is too old); we apply LOG and
     SPEC_ALLOW through libseccomp's filter attributes (a documented difference)."""
     for m in marks:
-        if m.args[0]:
+        if m.args and m.args[0]:
             pytest.skip(m.kwargs["reason"])
     profile = _custom()
     profile["flags"] = ["SECCOMP_FILTER_FLAG_SPEC_ALLOW", "SECCOMP_FILTER_FLAG_LOG",
