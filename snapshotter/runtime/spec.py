@@ -61,7 +61,7 @@ _MOUNT_FLAGS: dict[str, tuple[int, int]] = {
     "remount": (sc.MS_REMOUNT, 0),
     "bind": (sc.MS_BIND, 0), "rbind": (sc.MS_BIND | sc.MS_REC, 0),
 }
-MOUNT_FLAG_NAMES = tuple(_MOUNT_FLAGS)
+MOUNT_FLAG_NAMES = (*_MOUNT_FLAGS, "tmpcopyup")
 PROPAGATION = {
     "private": sc.MS_PRIVATE, "rprivate": sc.MS_PRIVATE | sc.MS_REC,
     "shared": sc.MS_SHARED, "rshared": sc.MS_SHARED | sc.MS_REC,
@@ -87,6 +87,7 @@ class MountOptions:
         self.flags = 0
         self.propagation: list[int] = []
         self.data = ""
+        self.tmpcopyup = False  # runc's extension: the image's files copied into the tmpfs
 
     @property
     def is_bind(self) -> bool:
@@ -107,6 +108,8 @@ def parse_mount_options(options: list[str]) -> MountOptions:
             out.flags = (out.flags | set_) & ~clear
         elif opt in PROPAGATION:
             out.propagation.append(PROPAGATION[opt])
+        elif opt == "tmpcopyup":
+            out.tmpcopyup = True
         else:
             data.append(opt)
     out.data = ",".join(data)
