@@ -88,8 +88,21 @@ def _mount_one(rootfd: int, bundle: str, m: dict[str, Any]) -> None:
         _mount_cgroup(rootfd, dest, opts)
     else:
         fd = open_in_root(rootfd, dest, create="dir")
+        old = -1
         try:
+            if opts.tmpcopyup:  # the directory as the image has it, still reachable after
+                old = os.open(fdpath(fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             sc.mount(source, fdpath(fd), mtype, opts.flags & ~sc.MS_REMOUNT, opts.data or None)
+            if old >= 0:
+                new = open_in_root(rootfd, dest)
+                try:
+                    dfd = os.open(fdpath(new), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                finally:
+                    os.close(new)
+                try:
+                    _copy_tree(old, dfd)
+                finally:
+                    os.close(dfd)
         except PermissionError:
             # In a user namespace without its own network namespace the kernel refuses a new
             # sysfs; rootless runc binds the host's /sys instead.
@@ -98,6 +111,8 @@ def _mount_one(rootfd: int, bundle: str, m: dict[str, Any]) -> None:
             _bind_host(rootfd, "/sys", dest, opts.flags)
         finally:
             os.close(fd)
+            if old >= 0:
+                os.close(old)
     if opts.propagation:
         fd = open_in_root(rootfd, dest)
         try:
@@ -105,6 +120,47 @@ def _mount_one(rootfd: int, bundle: str, m: dict[str, Any]) -> None:
                 sc.mount(None, fdpath(fd), None, p)
         finally:
             os.close(fd)
+
+
+def _copy_tree(src: int, dst: int) -> None:
+    """tmpcopyup (runc): copy the directory SRC into DST, both fds, keeping modes, owners and
+    device numbers and following no symlink."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    for entry in os.scandir(src):
+        name = entry.name
+        st = os.lstat(name, dir_fd=src)
+        mode = stat.S_IMODE(st.st_mode)
+        if stat.S_ISDIR(st.st_mode):
+            os.mkdir(name, 0o700, dir_fd=dst)
+            s = os.open(name, flags | os.O_DIRECTORY, dir_fd=src)
+            d = os.open(name, flags | os.O_DIRECTORY, dir_fd=dst)
+            try:
+                _copy_tree(s, d)
+                os.fchown(d, st.st_uid, st.st_gid)
+                os.fchmod(d, mode)
+            finally:
+                os.close(s)
+                os.close(d)
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(name, dir_fd=src), name, dir_fd=dst)
+        elif stat.S_ISREG(st.st_mode):
+            s = os.open(name, flags, dir_fd=src)
+            d = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | flags, 0o600, dir_fd=dst)
+            try:
+                while os.sendfile(d, s, None, 1 << 20):
+                    pass
+                os.fchown(d, st.st_uid, st.st_gid)
+                os.fchmod(d, mode)
+            finally:
+                os.close(s)
+                os.close(d)
+            continue
+        else:
+            os.mknod(name, st.st_mode, st.st_rdev, dir_fd=dst)
+        os.chown(name, st.st_uid, st.st_gid, dir_fd=dst, follow_symlinks=False)
+        if not stat.S_ISLNK(st.st_mode):
+            os.chmod(name, mode, dir_fd=dst)
 
 
 def _mount_cgroup(rootfd: int, dest: str, opts: spec.MountOptions) -> None:

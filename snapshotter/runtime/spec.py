@@ -61,7 +61,12 @@ _MOUNT_FLAGS: dict[str, tuple[int, int]] = {
     "remount": (sc.MS_REMOUNT, 0),
     "bind": (sc.MS_BIND, 0), "rbind": (sc.MS_BIND | sc.MS_REC, 0),
 }
-MOUNT_FLAG_NAMES = tuple(_MOUNT_FLAGS)
+MOUNT_FLAG_NAMES = (*_MOUNT_FLAGS, "tmpcopyup")
+# runc's mount_setattr(AT_RECURSIVE) options, not applied here.
+_RECURSIVE_ATTRS = {f"r{o}" for o in ("ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec",
+                                      "exec", "noatime", "atime", "nodiratime", "diratime",
+                                      "relatime", "norelatime", "strictatime", "nostrictatime",
+                                      "nosymfollow", "symfollow")}
 PROPAGATION = {
     "private": sc.MS_PRIVATE, "rprivate": sc.MS_PRIVATE | sc.MS_REC,
     "shared": sc.MS_SHARED, "rshared": sc.MS_SHARED | sc.MS_REC,
@@ -87,6 +92,7 @@ class MountOptions:
         self.flags = 0
         self.propagation: list[int] = []
         self.data = ""
+        self.tmpcopyup = False  # runc's extension: the image's files copied into the tmpfs
 
     @property
     def is_bind(self) -> bool:
@@ -107,6 +113,8 @@ def parse_mount_options(options: list[str]) -> MountOptions:
             out.flags = (out.flags | set_) & ~clear
         elif opt in PROPAGATION:
             out.propagation.append(PROPAGATION[opt])
+        elif opt == "tmpcopyup":
+            out.tmpcopyup = True
         else:
             data.append(opt)
     out.data = ",".join(data)
@@ -242,6 +250,10 @@ def _validate_mount(m: Any, i: int) -> None:
     mtype = m.get("type") or ("bind" if opts.is_bind else "")
     if not mtype:
         raise ContainerError(f"config.json: mounts[{i}] ({dest}) has no type")
+    recursive = [o for o in m.get("options") or [] if o in _RECURSIVE_ATTRS]
+    if recursive:  # a bind mount would silently ignore them as data: refuse instead
+        raise ContainerError(f"config.json: mounts[{i}] ({dest}): recursive mount attribute "
+                             f"{recursive[0]!r} is not supported")
     if m.get("uidMappings") or m.get("gidMappings"):
         raise ContainerError(f"config.json: mounts[{i}]: idmapped mounts are not supported")
 

@@ -318,3 +318,31 @@ def test_a_cgroup_in_use_is_not_adopted(pyrt, bundles):
                 break
             except OSError:
                 time.sleep(0.02)
+
+
+@pytest.mark.skipif(cgroups.unified_root() is None, reason="no cgroup2 mount")
+def test_v2_limits_through_a_real_v2_controller():
+    """hugetlb is bound to no v1 hierarchy here, so this host's cgroup2 offers it: the v2 path
+    (enabling the controller in the parent's subtree_control, then hugetlb.<size>.max from
+    hugepageLimits and from `unified`) runs for real. The host's subtree_control is restored."""
+    root = cgroups.unified_root()
+    if "hugetlb" not in (root / "cgroup.controllers").read_text().split():
+        pytest.skip("no hugetlb controller on cgroup2 here")
+    before = (root / "cgroup.subtree_control").read_text().split()
+    d = root / "pyunion-test-v2"
+    try:
+        cgroups._enable_controllers(root, d)
+        assert "hugetlb" in (root / "cgroup.subtree_control").read_text().split()
+        d.mkdir()
+        cg = cgroups.Cgroup({"": str(d)}, [str(d)])
+        cg.set({"hugepageLimits": [{"pageSize": "2MB", "limit": 4 << 20}]})
+        assert (d / "hugetlb.2MB.max").read_text() == f"{4 << 20}\n"
+        cg.set({"unified": {"hugetlb.2MB.max": str(8 << 20)}})
+        assert (d / "hugetlb.2MB.max").read_text() == f"{8 << 20}\n"
+        with pytest.raises(ContainerError, match="failed to write"):
+            cg.set({"pids": {"limit": 5}})  # no pids controller on this cgroup2
+    finally:
+        if d.exists():
+            d.rmdir()
+        if "hugetlb" not in before:
+            (root / "cgroup.subtree_control").write_text("-hugetlb")

@@ -66,6 +66,15 @@ def test_podman_profile_errno_reaches_the_container(podman, tmp_path):
     assert "mkdir: can't create directory '/tmp/x': No message of desired type" in res.stderr
 
 
+def test_podman_read_only_and_tmpfs(podman):
+    """--read-only: podman adds tmpfs on /run, /tmp, /var/tmp with runc's tmpcopyup option."""
+    res = podman.run("--rm", "--read-only", "--tmpfs", "/scratch:size=1m", IMAGE, "sh", "-c",
+                     "touch /x 2>&1; touch /tmp/y /scratch/z && echo writable;"
+                     " cat /usr/share/hello.txt >/dev/null && echo image-files")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "touch: /x: Read-only file system\nwritable\nimage-files\n"
+
+
 def test_podman_run_t(podman):
     res = podman.run("--rm", "-t", IMAGE, "sh", "-c", "test -t 0 && test -t 1 && echo tty;"
                      " readlink /proc/self/fd/1")

@@ -77,8 +77,9 @@ def test_exec_process_file_detach_pid_file(runc, pyrt, bundles, tmp_path):
         assert Path(f"/proc/{pid}/status").read_text().count("1000") >= 2
         assert pid in json.loads(rt("ps", "--format", "json", cid).stdout)
         rootfs = bundle / "rootfs"
-        for _ in range(200):
-            if (rootfs / "tmp/out").exists() and len((rootfs / "tmp/out").read_text().split()) >= 5:
+        out = rootfs / "tmp" / "out"
+        for _ in range(500):
+            if out.exists() and out.read_text().endswith("from-process-json\n"):
                 break
             time.sleep(0.02)
         assert (rootfs / "tmp/out").read_text() == (

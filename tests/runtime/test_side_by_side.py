@@ -291,3 +291,34 @@ def test_list_json(anyrt, bundles):
     rows = json.loads(anyrt("list", "--format", "json").stdout)
     assert [(r["id"], r["status"]) for r in rows] == [("l1", "created")]
     assert "l1" in anyrt("list").stdout
+
+
+def test_tmpcopyup(runc, pyrt, bundles):
+    """runc's tmpcopyup (podman puts it on --tmpfs and --read-only's /run, /tmp, /var/tmp): the
+    tmpfs starts with the image's files, with their modes and owners, symlinks not followed."""
+    def edit(c):
+        c["mounts"].append({"destination": "/etc", "type": "tmpfs", "source": "tmpfs",
+                            "options": ["rw", "rprivate", "nosuid", "nodev", "tmpcopyup"]})
+        c["mounts"].append({"destination": "/home", "type": "tmpfs", "source": "tmpfs",
+                            "options": ["tmpcopyup", "mode=755"]})
+
+    def prepare(bundle):
+        etc = bundle / "rootfs" / "etc"
+        (etc / "sub").mkdir()
+        (etc / "sub" / "secret").write_text("s\n")
+        os.chown(etc / "sub" / "secret", 1000, 10)
+        (etc / "sub" / "secret").chmod(0o4750)
+        (etc / "link").symlink_to("/proc/self/status")
+    script = ("mount | grep -E ' /(etc|home) ' | cut -d' ' -f1-5; ls -ln /etc /etc/sub /home |"
+              " cut -c1-31,43-; readlink /etc/link; head -1 /etc/passwd; touch /etc/new && echo rw")
+    out = {}
+    for rt in (runc, pyrt):
+        bundle = bundles.make(["sh", "-c", script], edit)
+        prepare(bundle)
+        res = rt("run", "--bundle", str(bundle), f"tc-{rt.name}")
+        assert res.returncode == 0, (rt.name, res.stderr)
+        out[rt.name] = res.stdout
+        assert not (bundle / "rootfs" / "etc" / "new").exists()
+    assert out["pyunion"] == out["runc"]
+    assert "-rwsr-x---    1 1000     10" in out["pyunion"]
+    assert "root:x:0:0:root:/root:/bin/sh\nrw\n" in out["pyunion"]

@@ -46,6 +46,8 @@ def test_default_spec_is_valid_and_unknown_fields_ignored():
     (lambda c: c["linux"].update(sysctl={"net/../x": "1"}), "bad sysctl"),
     (lambda c: c["mounts"].append({"destination": "rel", "type": "tmpfs"}), "absolute path"),
     (lambda c: c["process"]["user"].update(uid="0"), "wrong type"),
+    (lambda c: c["mounts"].append({"destination": "/x", "type": "bind", "source": "/tmp",
+                                   "options": ["rbind", "rro"]}), "recursive mount attribute"),
     (lambda c: c.update(ociVersion="2.0.0"), "unsupported ociVersion"),
 ])
 def test_invalid(edit, message):

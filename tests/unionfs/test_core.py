@@ -126,3 +126,16 @@ def test_copy_up_of_a_lower_hard_link_tells_the_kernel(fs: UnionFilesystem) -> N
     x = fs.lookup(d.attr.ino, b"x", CTX)
     assert x.attr.ino == y.attr.ino and stat.S_IMODE(x.attr.mode) == 0o600
     assert ("inode", d.attr.ino, -1, 0) in fs.notifier.calls
+
+
+def test_the_core_has_every_call_of_the_contract() -> None:
+    """Every call of fsapi.Filesystem, with the contract's parameter names (a transport may
+    pass them by keyword)."""
+    import inspect
+    for name, member in vars(fsapi.Filesystem).items():
+        if name.startswith("_") or not callable(member):
+            continue
+        mine = getattr(UnionFilesystem, name, None)
+        assert mine is not None, name
+        want = list(inspect.signature(member).parameters)
+        assert list(inspect.signature(mine).parameters) == want, name

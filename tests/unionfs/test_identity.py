@@ -218,7 +218,7 @@ NAME = "d" * 200
 def _deep_dir(root: Path, total: int) -> Path:
     """Create (through `root`) a chain of 200-byte directories until the path is ~`total`."""
     p = root
-    while len(os.fsencode(str(p / NAME / "x" * 40))) < total:
+    while len(os.fsencode(str(p / NAME))) + 40 < total:
         p = p / NAME
         os.mkdir(p)
     return p
@@ -391,3 +391,27 @@ def test_open_unlinked_file_keeps_its_own_attributes(s: Stack) -> None:
             assert os.fstat(old.fileno()).st_size == len(b"old contents")
             assert old.read() == b"old contents"
         assert (m / "a").read_bytes() == b"new"
+
+
+def test_deep_lower_hard_links_after_rotation(oracle_base: Path) -> None:
+    """Found by the oracle: hard links deeper than PATH_MAX in a lower (an upper rotated into
+    the lowers) went missing: looking for their peers in the fresh upper named directories
+    that do not exist there, and that error hid the names."""
+    s = Stack(oracle_base, layer_prefix="L" * 200)
+    with s.mount() as m:
+        d = _deep_dir(m, 4000)
+        (d / "f").write_bytes(b"deep")
+        os.link(d / "f", d / "g")
+        rel = d.relative_to(m)
+    up2, work2 = s.up.parent / "up2", s.up.parent / "work2"
+    up2.mkdir()
+    work2.mkdir()
+    with mounted(up2, [s.up, s.l1, s.l2], s.mnt, options=[f"workdir={work2}"]) as m:
+        d = m / rel
+        assert sorted(os.listdir(d)) == ["f", "g"]
+        assert (d / "g").read_bytes() == b"deep"
+        assert os.stat(d / "f").st_nlink == 2
+        os.chmod(d / "f", 0o600)                 # copy-up links the peer in the new upper
+        assert stat.S_IMODE(os.stat(d / "g").st_mode) == 0o600
+        os.unlink(d / "f")
+        assert os.stat(d / "g").st_nlink == 1

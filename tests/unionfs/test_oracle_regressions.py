@@ -195,3 +195,13 @@ def test_hard_link_names_of_every_type(oracle_base: Path, subject: str) -> None:
             run.do("rename", f"{n}2", f"{n}3", 0)
             run.do("unlink", n)
         run.remount()
+
+
+def test_long_name_errors_come_in_the_vfs_order(oracle_base: Path) -> None:
+    """Found by the oracle's 500-example run: a rename whose source is missing says ENOENT
+    before the new name (255 bytes) is ever looked up; the harness expected ENAMETOOLONG."""
+    with oracle(oracle_base, {"a": file(b"a"), "c": directory()}, {}) as run:
+        run.do("rename", "a/c", "c/" + "a" * 255, 0)
+        run.do("rename", "c", "c/" + "a" * 252, 0)
+        run.do("mkdir", "x/" + "a" * 253, 0o755)
+        run.do("link", "a", "c/" + "a" * 254)
