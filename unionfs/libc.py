@@ -1,4 +1,4 @@
-"""The two libc calls Python 3.11's os lacks, through ctypes, loaded once."""
+"""The libc calls Python 3.11's os lacks, through ctypes, loaded once."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ def _libc() -> ctypes.CDLL:
     """find_library runs ldconfig: once per process, not per call."""
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
     return libc
 
 
@@ -31,3 +32,10 @@ def start_writeback(fd: int, offset: int, count: int) -> None:
     """Start writing a range to disk without waiting, so a later fsync has less left to do.
     Only a hint: failures are left for that fsync to report."""
     _libc().sync_file_range(fd, offset, count, SYNC_FILE_RANGE_WRITE)
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """fallocate(2) with its mode (os.posix_fallocate has none: no KEEP_SIZE, no holes)."""
+    if _libc().fallocate(fd, mode, offset, length) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))

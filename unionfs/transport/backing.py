@@ -1,0 +1,100 @@
+"""Which io mode each inode is in, so FUSE passthrough opens never fail in the kernel.
+
+The kernel (fs/fuse/iomode.c) puts an inode either in cached mode (opens served through the
+page cache by the daemon) or in passthrough mode bound to ONE backing object; an open that
+contradicts the inode's mode, or names another backing object, fails with EIO in the opener.
+So the transport keeps one backing id per inode while any passthrough open of it lasts (reused
+by every later open of the same backing file), and answers an open that cannot share the mode
+with FOPEN_DIRECT_IO, which the kernel accepts in either mode (data then flows through the
+daemon). That covers a reader holding a lower file in passthrough while a writer opens the
+copied-up upper file: the reader keeps its lower copy (the documented cost of passthrough).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+CACHED, PASSTHROUGH, DIRECT = 0, 1, 2
+
+
+@dataclass
+class _Inode:
+    cached: int = 0                 # open handles in cached mode
+    backing_id: int = 0
+    ident: tuple[int, int] | None = None   # (st_dev, st_ino) of the backing file
+    through: int = 0                # open handles in passthrough mode
+
+
+class BackingTable:
+    """Decides the mode of each open; registers and drops backing ids through the callables.
+
+    `register(fd) -> id` raises OSError when the kernel refuses the file (stacking depth,
+    no passthrough); the open then falls back to cached mode where allowed."""
+
+    def __init__(self, register: Callable[[int], int], unregister: Callable[[int], None]):
+        self._register = register
+        self._unregister = unregister
+        self._inodes: dict[int, _Inode] = {}
+        self._handles: dict[int, tuple[int, int]] = {}   # fh -> (nodeid, mode)
+
+    def open(self, nodeid: int, fh: int, backing_fd: int | None, direct_io: bool
+             ) -> tuple[int, int]:
+        """(mode, backing id) for a new handle `fh` of `nodeid`."""
+        if direct_io:
+            return DIRECT, 0
+        node = self._inodes.get(nodeid)
+        if node is None:
+            node = self._inodes[nodeid] = _Inode()
+        if node.through:
+            if backing_fd is not None and node.ident == _ident(backing_fd):
+                node.through += 1
+                self._handles[fh] = (nodeid, PASSTHROUGH)
+                return PASSTHROUGH, node.backing_id
+            return DIRECT, 0
+        if backing_fd is not None and not node.cached:
+            try:
+                node.backing_id = self._register(backing_fd)
+            except OSError:
+                pass
+            else:
+                node.ident = _ident(backing_fd)
+                node.through = 1
+                self._handles[fh] = (nodeid, PASSTHROUGH)
+                return PASSTHROUGH, node.backing_id
+        node.cached += 1
+        self._handles[fh] = (nodeid, CACHED)
+        return CACHED, 0
+
+    def release(self, fh: int) -> None:
+        """The handle is gone: drop the backing id once no passthrough handle uses it."""
+        got = self._handles.pop(fh, None)
+        if got is None:
+            return
+        nodeid, mode = got
+        node = self._inodes[nodeid]
+        if mode == PASSTHROUGH:
+            node.through -= 1
+            if not node.through:
+                self._unregister(node.backing_id)
+                node.backing_id, node.ident = 0, None
+        else:
+            node.cached -= 1
+        if not node.through and not node.cached:
+            del self._inodes[nodeid]
+
+    def close_all(self) -> None:
+        for node in self._inodes.values():
+            if node.through:
+                self._unregister(node.backing_id)
+        self._inodes.clear()
+        self._handles.clear()
+
+    def __len__(self) -> int:
+        return len(self._inodes)
+
+
+def _ident(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
