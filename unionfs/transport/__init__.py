@@ -21,14 +21,14 @@ __all__ = ["MountFailed", "Mounted", "Session", "serve"]
 
 def serve(fs: fsapi.Filesystem, target: str, options: set[str] | list[str], *,
           passthrough: bool = True, workers: int = 1, refuse: int = 0,
-          ready: Callable[[], None] | None = None) -> Session:
-    """Mount `fs` on `target`, call `ready()` once mounted, serve until unmounted or until
+          ready: Callable[[Session], None] | None = None) -> Session:
+    """Mount `fs` on `target`, call `ready(session)` once mounted, serve until unmounted or until
     SIGTERM/SIGINT/SIGHUP (then unmount lazily). Raises MountFailed if it cannot mount."""
     m = mount(target, options)
     try:
         session = Session(fs, m.fd, passthrough=passthrough, workers=workers, refuse=refuse)
         if ready is not None:
-            ready()
+            ready(session)
         session.run()
         if not session.unmounted:
             with contextlib.suppress(OSError):

@@ -1,13 +1,14 @@
-"""Which io mode each inode is in, so FUSE passthrough opens never fail in the kernel.
+"""Which io mode each inode is in, so FUSE passthrough opens never fail with EIO in the kernel.
 
-The kernel (fs/fuse/iomode.c) puts an inode either in cached mode (opens served through the
-page cache by the daemon) or in passthrough mode bound to ONE backing object; an open that
-contradicts the inode's mode, or names another backing object, fails with EIO in the opener.
-So the transport keeps one backing id per inode while any passthrough open of it lasts (reused
-by every later open of the same backing file), and answers an open that cannot share the mode
-with FOPEN_DIRECT_IO, which the kernel accepts in either mode (data then flows through the
-daemon). That covers a reader holding a lower file in passthrough while a writer opens the
-copied-up upper file: the reader keeps its lower copy (the documented cost of passthrough).
+The kernel (fs/fuse/iomode.c, Linux 6.9 to 6.18 at least) puts an inode either in cached mode
+(opens served through the page cache by the daemon) or in passthrough mode bound to ONE
+backing object; while any passthrough handle of an inode is open, every other open of it must
+be a passthrough open of that same backing object, or the opener gets EIO (not even
+FOPEN_DIRECT_IO is accepted). So the transport keeps one backing id per inode while any
+passthrough open of it lasts (reused by every later open of the same backing file), opens in
+cached mode once an inode has cached handles, and refuses with ETXTBSY ("busy") an open that
+cannot share the inode's passthrough backing file: a different file (the union copied the file
+up while a reader held the lower copy) or none. -o passthrough=off has no such case.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-CACHED, PASSTHROUGH, DIRECT = 0, 1, 2
+CACHED, PASSTHROUGH, DIRECT, BUSY = 0, 1, 2, 3
 
 
 @dataclass
@@ -41,18 +42,19 @@ class BackingTable:
 
     def open(self, nodeid: int, fh: int, backing_fd: int | None, direct_io: bool
              ) -> tuple[int, int]:
-        """(mode, backing id) for a new handle `fh` of `nodeid`."""
-        if direct_io:
-            return DIRECT, 0
+        """(mode, backing id) for a new handle `fh` of `nodeid`; BUSY: it cannot be opened
+        now (the caller releases the handle and answers ETXTBSY)."""
         node = self._inodes.get(nodeid)
-        if node is None:
-            node = self._inodes[nodeid] = _Inode()
-        if node.through:
-            if backing_fd is not None and node.ident == _ident(backing_fd):
+        if node is not None and node.through:
+            if backing_fd is not None and not direct_io and node.ident == _ident(backing_fd):
                 node.through += 1
                 self._handles[fh] = (nodeid, PASSTHROUGH)
                 return PASSTHROUGH, node.backing_id
+            return BUSY, 0
+        if direct_io:
             return DIRECT, 0
+        if node is None:
+            node = self._inodes[nodeid] = _Inode()
         if backing_fd is not None and not node.cached:
             try:
                 node.backing_id = self._register(backing_fd)

@@ -307,7 +307,7 @@ def main(argv: list[str]) -> int:
     serve(fs, os.path.abspath(args[1]), fuse_opts,
           passthrough=opts.get("passthrough", "on") not in ("off", "0", "no"),
           workers=int(opts.get("workers", "1")),
-          ready=lambda: print("ready", flush=True))
+          ready=lambda session: print("ready", flush=True))
     return 0
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from unionfs import fsapi
 from unionfs.transport import proto
-from unionfs.transport.backing import CACHED, DIRECT, PASSTHROUGH, BackingTable
+from unionfs.transport.backing import BUSY, CACHED, DIRECT, PASSTHROUGH, BackingTable
 from unionfs.transport.notify import QueuedNotifier
 
 log = logging.getLogger("pyunion")
@@ -250,9 +250,9 @@ class Session:
             log.error("kernel FUSE protocol %d.%d is older than %d.%d (Linux 4.20)", major,
                       minor, proto.KERNEL_MAJOR, proto.OLDEST_MINOR)
             return self._error(unique, errno.EPROTO)
-        if flags & proto.INIT_EXT and len(body) >= 20:
-            flags |= proto.INIT_IN_FLAGS2.unpack_from(body, 16)[0] << 32
         offered = flags & ~self.refuse
+        if offered & proto.INIT_EXT and len(body) >= 20:   # flags2 exists only with INIT_EXT
+            offered |= (proto.INIT_IN_FLAGS2.unpack_from(body, 16)[0] << 32) & ~self.refuse
         want = (proto.ASYNC_READ | proto.ATOMIC_O_TRUNC | proto.EXPORT_SUPPORT
                 | proto.BIG_WRITES | proto.AUTO_INVAL_DATA | proto.DO_READDIRPLUS
                 | proto.READDIRPLUS_AUTO | proto.ASYNC_DIO | proto.PARALLEL_DIROPS
@@ -409,6 +409,9 @@ class Session:
             return flags | (proto.FOPEN_DIRECT_IO if op.direct_io else 0), 0
         with self._block:
             mode, backing_id = self.backing.open(nodeid, op.fh, op.backing_fd, op.direct_io)
+        if mode == BUSY:
+            self.fs.release(op.fh)
+            raise OSError(errno.ETXTBSY, "open in passthrough mode with another backing file")
         if mode == PASSTHROUGH:
             return proto.FOPEN_PASSTHROUGH, backing_id
         if mode == DIRECT:
