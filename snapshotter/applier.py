@@ -50,19 +50,22 @@ from typing import BinaryIO
 
 from snapshotter.digest import CHUNK, HashingReader
 from snapshotter.errors import ImageError
+from unionfs.layers import (
+    OPAQUE_MARKER,
+    OPAQUE_XATTRS,
+    PRIVATE_XATTR_PREFIXES,
+    WH_PREFIX,
+    XWHITEOUT_XATTRS,
+)
 from unionfs.ownership import OVERRIDE_XATTR, OVERRIDE_XATTRS, Override
 
-WH_PREFIX = ".wh."
 WH_META_PREFIX = ".wh..wh."
-OPAQUE_MARKER = ".wh..wh..opq"
 MAX_SYMLINKS = 255
 
-try:  # the union filesystem's own list is the source of truth when it is importable
-    from unionfs.layers import PRIVATE_XATTR_PREFIXES as _UNION_PRIVATE
-except ImportError:  # pragma: no cover - unionfs is part of this project
-    _UNION_PRIVATE = ()
-REFUSED_XATTR_PREFIXES = tuple(sorted({"trusted.", "user.overlay.", "user.pyunion.",
-                                       "user.fuseoverlayfs.", *_UNION_PRIVATE}))
+# The layer rules' (unionfs/layers.py) opaque and whiteout xattrs, in both namespaces, would
+# forge whiteouts or opaque directories in the union: refused along with the union's own.
+REFUSED_XATTR_PREFIXES = tuple(sorted({"trusted.", "user.pyunion.", *PRIVATE_XATTR_PREFIXES,
+                                       *OPAQUE_XATTRS, *XWHITEOUT_XATTRS}))
 
 
 @dataclass(frozen=True)

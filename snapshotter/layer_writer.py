@@ -30,11 +30,9 @@ from typing import BinaryIO
 
 from snapshotter.applier import REFUSED_XATTR_PREFIXES, RootlessIds
 from snapshotter.digest import HashingWriter
+from unionfs.layers import OPAQUE_MARKER, WH_PREFIX, dir_marks, is_xattr_whiteout
 from unionfs.ownership import Override, read_override
 
-WH_PREFIX = ".wh."
-OPAQUE_MARKER = ".wh..wh..opq"
-OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque", "user.fuseoverlayfs.opaque")
 OVERRIDE_PREFIX = "user.containers.override_"      # podman/fuse-overlayfs bookkeeping
 SKIPPED_XATTR_PREFIXES = (*REFUSED_XATTR_PREFIXES, OVERRIDE_PREFIX)
 GZIP_LEVEL = 6
@@ -135,15 +133,13 @@ def _whiteout_info(rel: str) -> tarfile.TarInfo:
     return ti
 
 
-def _is_opaque_by_xattr(path: str) -> bool:
-    for name in OPAQUE_XATTRS:
+def _xattr_getter(path: str):
+    def get(name: str) -> bytes | None:
         try:
-            v = os.getxattr(path, name, follow_symlinks=False)
+            return os.getxattr(path, name, follow_symlinks=False)
         except OSError:
-            continue
-        if v.strip(b"\0").lower() == b"y":
-            return True
-    return False
+            return None
+    return get
 
 
 def _xattrs(path: str) -> dict[str, str]:
@@ -225,7 +221,8 @@ class _Writer:
 
     def walk_dir(self, path: str, rel: str) -> None:
         names = sorted(os.listdir(path), key=os.fsencode)
-        opaque = OPAQUE_MARKER in names or (rel != "" and _is_opaque_by_xattr(path))
+        marked_opaque, xwhiteouts = dir_marks(_xattr_getter(path))
+        opaque = OPAQUE_MARKER in names or (rel != "" and marked_opaque)
         whiteouts: set[str] = set()
         others: list[tuple[str, os.stat_result]] = []
         for n in names:
@@ -241,6 +238,8 @@ class _Writer:
                 whiteouts.add(WH_PREFIX + n)     # kernel overlay whiteout -> OCI form
             elif _recorded_whiteout(p, st):
                 whiteouts.add(WH_PREFIX + n)     # the same, recorded by a rootless writer
+            elif xwhiteouts and is_xattr_whiteout(st.st_mode, st.st_size, _xattr_getter(p)):
+                whiteouts.add(WH_PREFIX + n)     # the same, in its xattr form
             else:
                 others.append((n, st))
         prefix = rel + "/" if rel else ""

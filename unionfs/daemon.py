@@ -11,13 +11,15 @@ import dataclasses
 import json
 import logging
 import os
+import resource
 import sys
 
 import pyfuse3
 import trio
 
+from unionfs.core import UnionFilesystem
 from unionfs.mount_cli import forget_daemon, pid_file, record_daemon
-from unionfs.operations import UnionOperations
+from unionfs.operations import FuseOperations
 from unionfs.options import MountConfig
 from unionfs.ownership import IdMap
 from unionfs.serving import STOP_SIGNALS, direct_wait, fuse_fd
@@ -64,13 +66,27 @@ async def _serve() -> None:
         await pyfuse3.main(min_tasks=1, max_tasks=1)
 
 
+def raise_fd_limit() -> int:
+    """Descriptors are the daemon's working set (open files, directory descriptors for deep
+    paths): take the hard limit as the soft one. Returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError):
+            pass
+    return soft
+
+
 def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
     """Mount and serve until unmounted or signalled; report readiness on ready_fd."""
+    raise_fd_limit()
     try:
         union = Union(cfg.upper, cfg.lowers, cfg.workdir, fsync=cfg.fsync, override=cfg.override,
                       uidmap=IdMap.parse(cfg.uidmapping) if cfg.uidmapping else None,
                       gidmap=IdMap.parse(cfg.gidmapping) if cfg.gidmapping else None)
-        ops = UnionOperations(union, timeout=cfg.timeout)
+        ops = FuseOperations(UnionFilesystem(union, timeout=cfg.timeout))
         record = pid_file(cfg.target)
         pyfuse3.init(ops, cfg.target, fuse_options(cfg))
     except Exception as e:  # noqa: BLE001 - one line to the waiting parent, whatever went wrong

@@ -3,16 +3,24 @@
 An inode number is derived from the object's origin (device, inode) so it survives copy-up and
 remounts; the table only holds what the kernel still references (lookup counts), so memory stays
 flat however many names are looked up and forgotten.
+
+A node is an object, not a name: it keeps every name it is known by (hard links), so removing or
+renaming one name leaves it served through the others. When its object is gone for good (last
+name removed) it is marked dead; a new object the disk gives the same inode number then gets a
+new generation, so the kernel never takes it for the old one (FUSE compares (ino, generation)).
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
-import pyfuse3
+from unionfs.fsapi import ROOT_INO
 
-ROOT = pyfuse3.ROOT_INODE
+ROOT = ROOT_INO
 UPPER = 0
+MAX_NAMES = 64          # names remembered per node beyond its current one (bounded memory)
+_generations = itertools.count(1)
 
 
 @dataclass(eq=False)
@@ -26,6 +34,43 @@ class Node:
     lookups: int = 0
     gen: int = 0                     # table generation its layer/stack were computed in
     open_count: int = 0
+    others: list[tuple[Node, str]] = field(default_factory=list)  # other names (hard links)
+    generation: int = field(default_factory=lambda: next(_generations))
+    dead: bool = False               # its object is gone; the number may be reused
+
+    def names(self) -> list[tuple[Node, str]]:
+        """Every (parent, name) this node is known by, the current one first."""
+        out = [] if self.parent is None else [(self.parent, self.name)]
+        return out + self.others
+
+    def add_name(self, parent: Node, name: str, current: bool = True) -> None:
+        """Remember a name of this object; `current` makes it the one calls go through."""
+        key = (parent, name)
+        self.others = [o for o in self.others if o[0] is not parent or o[1] != name]
+        if self.parent is not None and (self.parent is not parent or self.name != name):
+            if current:
+                self.others.insert(0, (self.parent, self.name))
+            else:
+                self.others.insert(0, key)
+                del self.others[MAX_NAMES:]
+                return
+        self.parent, self.name = key
+        del self.others[MAX_NAMES:]
+
+    def drop_name(self, parent: Node, name: str) -> bool:
+        """Forget one name; True if the node still has another one to be reached by."""
+        self.others = [o for o in self.others if o[0] is not parent or o[1] != name]
+        if self.parent is parent and self.name == name:
+            if not self.others:
+                return False
+            self.parent, self.name = self.others.pop(0)
+        return True
+
+    def reborn(self) -> None:
+        """Its inode number now stands for a new object: a new generation, no old names."""
+        self.dead = False
+        self.others = []
+        self.generation = next(_generations)
 
     def path(self) -> str:
         """Merged-view path relative to the root ('' for the root)."""

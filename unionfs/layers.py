@@ -2,14 +2,18 @@
 contents merge into one view.
 
 Both dialects are read: the OCI one (`.wh.NAME`, `.wh..wh..opq`, image-spec layer.md) and the
-kernel-overlay one (a 0/0 character device, `trusted.overlay.opaque=y`). Only the OCI one is written,
-so an upper directory is an OCI layer changeset as it stands.
+kernel-overlay one (overlayfs.rst "Whiteouts and opaque directories": a 0/0 character device, or a
+zero-size regular file with the `overlay.whiteout` xattr inside a directory whose `overlay.opaque`
+is `x`; a directory is opaque when `overlay.opaque` is `y`), in the `trusted.` and the `user.`
+(userxattr) namespaces alike. Only the OCI one is written, so an upper directory is an OCI layer
+changeset as it stands. This module is the one place these rules live: the mount, the layer
+applier and the layer writer all ask it.
 """
 
 from __future__ import annotations
 
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 WH_PREFIX = ".wh."
@@ -18,6 +22,7 @@ OPAQUE_MARKER = ".wh..wh..opq"
 NAME_MAX = 255 - len(WH_PREFIX)
 
 OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque", "user.fuseoverlayfs.opaque")
+XWHITEOUT_XATTRS = ("trusted.overlay.whiteout", "user.overlay.whiteout")
 # Attributes that belong to the layer machinery and never show through the mount.
 PRIVATE_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.", "trusted.pyunion.",
                           "user.pyunion.", "user.fuseoverlayfs.")
@@ -48,7 +53,36 @@ def is_private_xattr(name: str) -> bool:
 
 
 def opaque_value(value: bytes | None) -> bool:
-    return value is not None and value.strip(b"\0").lower() in (b"y", b"x")
+    """`overlay.opaque=y` ends the merge here; `x` only says the directory holds xattr
+    whiteouts (overlayfs.rst), it is not opaque."""
+    return value is not None and value.strip(b"\0").lower() == b"y"
+
+
+def xwhiteouts_value(value: bytes | None) -> bool:
+    """`overlay.opaque=x`: look for xattr whiteouts among this directory's entries."""
+    return value is not None and value.strip(b"\0").lower() == b"x"
+
+
+XattrGetter = Callable[[str], "bytes | None"]
+
+
+def dir_marks(get: XattrGetter) -> tuple[bool, bool]:
+    """(opaque, holds xattr whiteouts) of a layer directory, from its xattrs (`get` answers a
+    value or None)."""
+    opaque = xwh = False
+    for name in OPAQUE_XATTRS:
+        v = get(name)
+        opaque = opaque or opaque_value(v)
+        xwh = xwh or xwhiteouts_value(v)
+    return opaque, xwh
+
+
+def is_xattr_whiteout(mode: int, size: int, get: XattrGetter) -> bool:
+    """A zero-size regular file carrying `overlay.whiteout` (either namespace). Only asked in
+    a directory that `dir_marks` says holds xattr whiteouts."""
+    if not stat.S_ISREG(mode) or size != 0:
+        return False
+    return any(get(name) is not None for name in XWHITEOUT_XATTRS)
 
 
 @dataclass

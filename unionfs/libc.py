@@ -35,7 +35,7 @@ def start_writeback(fd: int, offset: int, count: int) -> None:
 
 
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
-    """fallocate(2) with its mode (os.posix_fallocate has none: no KEEP_SIZE, no holes)."""
+    """fallocate(2) with its mode flags (os.posix_fallocate has none: no punch hole)."""
     if _libc().fallocate(fd, mode, offset, length) != 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))

@@ -17,22 +17,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from unionfs import copyup
+from unionfs.deeppath import DeepPaths
 from unionfs.inodes import ROOT, UPPER, InodeNumbers, InodeTable, Node
 from unionfs.layers import (
     ABSENT,
     HIDDEN,
     NAME_MAX,
     OPAQUE_MARKER,
-    OPAQUE_XATTRS,
     Found,
     LayerDir,
     MergedEntry,
+    dir_marks,
     is_kernel_whiteout,
     is_meta_name,
     is_private_xattr,
+    is_xattr_whiteout,
     merge_listing,
     needs_whiteout,
-    opaque_value,
     resolve_name,
     whited_out_name,
     whiteout_name,
@@ -79,6 +80,8 @@ class Union:
         devs = [os.stat(p).st_dev for p in self.layers if p]
         self.numbers = InodeNumbers(devs)
         self.table = InodeTable()
+        self.deep = DeepPaths()
+        self.notifier = None     # fsapi.Notifier, once the transport has one
         self.handles: dict[int, Handle] = {}
         self.mutations = 0
         # Visible-name counts of lower hardlinks, each with the mutation count it was taken at.
@@ -96,14 +99,25 @@ class Union:
             os.makedirs(self.work, 0o700, exist_ok=True)
         root_stack = self._root_stack()
         st = os.lstat(self.layers[root_stack[0]])
-        self.table.add(Node(ROOT, None, "", True, root_stack[0], root_stack, lookups=1))
+        self.table.add(Node(ROOT, None, "", True, root_stack[0], root_stack, lookups=1,
+                            generation=0))
         self.root_st = st
 
     # ---- paths and layer probing -------------------------------------------------------
 
     def real(self, layer: int, path: str) -> str:
+        """The layer's object at merged-view `path`, named so that any depth works."""
         base = self.layers[layer]
-        return base if not path else f"{base}/{path}"
+        if not path:
+            return base
+        full = f"{base}/{path}"
+        return full if len(full) < 1000 else self.deep.path(base, path)
+
+    def _invalidate(self) -> None:
+        """Directories of the upper moved or went: cached resolutions and descriptors age."""
+        self.table.invalidate()
+        if self.layers[UPPER]:
+            self.deep.forget(self.layers[UPPER])
 
     def node_real(self, node: Node) -> str:
         self.refresh(node)
@@ -119,21 +133,17 @@ class Union:
         return stack
 
     @staticmethod
-    def _dir_opaque(path: str, marker_checked: bool = False) -> bool:
-        if not marker_checked and os.path.lexists(f"{path}/{OPAQUE_MARKER}"):
-            return True
+    def _dir_marks(path: str) -> tuple[bool, bool]:
+        """(opaque by xattr, holds xattr whiteouts) of a layer directory (layers.dir_marks)."""
         try:
-            names = os.listxattr(path, follow_symlinks=False)
+            names = set(os.listxattr(path, follow_symlinks=False))
         except OSError:
-            return False
-        for name in OPAQUE_XATTRS:
-            if name in names:
-                try:
-                    if opaque_value(os.getxattr(path, name, follow_symlinks=False)):
-                        return True
-                except OSError:
-                    pass
-        return False
+            return False, False
+        return dir_marks(_getter(path, names))
+
+    @classmethod
+    def _dir_opaque(cls, path: str) -> bool:
+        return os.path.lexists(f"{path}/{OPAQUE_MARKER}") or cls._dir_marks(path)[0]
 
     def _probe(self, layer: int, dirpath: str, name: str) -> tuple[Found, os.stat_result | None]:
         if layer != UPPER:
@@ -242,13 +252,21 @@ class Union:
                 node.layer = node.stack[0]
                 node.gen = self.table.gen
             return
-        if node.parent is None:
-            raise _err(errno.ENOENT)
-        self.refresh(node.parent)
-        r = self._resolve_child(node.parent, node.name)
-        if r is None:
-            raise _err(errno.ENOENT)
-        node.layer, node.stack, node.gen = r.layer, r.stack, self.table.gen
+        for parent, name in node.names():
+            # Any name it is still known by serves: a hard link's other names outlive this one.
+            try:
+                self.refresh(parent)
+            except OSError:
+                node.drop_name(parent, name)
+                continue
+            r = self._resolve_child(parent, name)
+            if r is None or r.ino != node.ino:
+                node.drop_name(parent, name)
+                continue
+            node.add_name(parent, name)
+            node.layer, node.stack, node.gen = r.layer, r.stack, self.table.gen
+            return
+        raise _err(errno.ENOENT)
 
     # ---- lookups ---------------------------------------------------------------------
 
@@ -258,10 +276,10 @@ class Union:
         if name == "..":
             p = parent.parent or parent
             return self._ref(p, count), self.stat(p)
+        if len(name.encode(errors="surrogateescape")) > NAME_MAX:
+            raise _err(errno.ENAMETOOLONG)   # statfs says NAME_MAX: room for a whiteout
         if is_meta_name(name):
             raise _err(errno.ENOENT)
-        if len(name.encode(errors="surrogateescape")) > 255:
-            raise _err(errno.ENAMETOOLONG)
         self.refresh(parent)
         r = self._resolve_child(parent, name)
         if r is None:
@@ -284,7 +302,10 @@ class Union:
             if count:
                 self.table.add(node)
         else:
-            node.parent, node.name, node.is_dir = parent, name, is_dir
+            if node.dead or node.is_dir != is_dir:
+                node.reborn()   # the disk gave a new object this number: a new generation
+            node.add_name(parent, name)
+            node.is_dir = is_dir
             node.layer = r.layer
         node.stack = r.stack
         node.gen = self.table.gen
@@ -353,6 +374,8 @@ class Union:
             it = os.scandir(d)
         except (FileNotFoundError, NotADirectoryError):
             return ld
+        marked_opaque, xwhiteouts = self._dir_marks(d)
+        xwhiteouts = xwhiteouts and lower     # the upper is written in the OCI form only
         with it:
             for e in it:
                 name = e.name
@@ -375,15 +398,16 @@ class Union:
                     except OSError:
                         continue
                     self._lower_stats[(layer, _join(path, name))] = st
-                    kwh = is_kernel_whiteout(st.st_mode, st.st_rdev)
+                    kwh = is_kernel_whiteout(st.st_mode, st.st_rdev) or (
+                        xwhiteouts and is_xattr_whiteout(
+                            st.st_mode, st.st_size, _getter(f"{d}/{name}")))
                 elif not (is_dir or e.is_file(follow_symlinks=False) or e.is_symlink()):
                     try:  # a special file: maybe a kernel-overlay whiteout
                         kwh = is_kernel_whiteout(*_mode_rdev(e.stat(follow_symlinks=False)))
                     except OSError:
                         continue
                 ld.entries[name] = (is_dir, kwh)
-        if not ld.opaque:
-            ld.opaque = self._dir_opaque(d, marker_checked=True)
+        ld.opaque = ld.opaque or marked_opaque
         return ld
 
     def list_dir(self, node: Node) -> list[MergedEntry]:
@@ -487,7 +511,7 @@ class Union:
             self._restore_times(updir, pst)
             linked = True
         if linked:
-            self.table.invalidate()
+            self._invalidate()
 
     def _rejoin(self, parent: Node, name: str, r: Resolved) -> Resolved:
         """A lower hardlink whose group was copied up under another name but not linked under
@@ -511,7 +535,7 @@ class Union:
             pst = os.lstat(updir)
             os.link(up, dst)
             self._restore_times(updir, pst)
-            self.table.invalidate()
+            self._invalidate()
             return self._identify(UPPER, [UPPER], path, os.lstat(dst))
         self._rejoin_checked[key] = self.mutations
         return r
@@ -757,6 +781,7 @@ class Union:
         os.link(self.node_real(node), f"{updir}/{name}", follow_symlinks=False)
         self._clear_whiteout(updir, name)
         st = os.lstat(f"{updir}/{name}")
+        node.add_name(parent, name, current=False)
         node.lookups += 1
         return node, st
 
@@ -783,6 +808,18 @@ class Union:
         if stat.S_ISDIR(r.st.st_mode):
             raise _err(errno.EISDIR)
         self._remove_name(parent, name, r, is_dir=False)
+        self._name_gone(parent, name, r)
+
+    def _name_gone(self, parent: Node, name: str, r: Resolved) -> None:
+        """`name` no longer shows object `r`: its node keeps its other names; with none left
+        and the upper's last link gone, the object is dead (its disk number may come back)."""
+        node = self.table.get(r.ino)
+        if node is None:
+            return
+        left = node.drop_name(parent, name)
+        last_link = r.layer == UPPER and (r.st.st_nlink <= 1 or stat.S_ISDIR(r.st.st_mode))
+        if not left and (last_link or node.is_dir):
+            node.dead = True
 
     def rmdir(self, parent: Node, name: str) -> None:
         r = self._visible(parent, name)
@@ -792,7 +829,8 @@ class Union:
         if not self.is_empty(child):
             raise _err(errno.ENOTEMPTY)
         self._remove_name(parent, name, r, is_dir=True)
-        self.table.invalidate()
+        self._name_gone(parent, name, r)
+        self._invalidate()
 
     def _remove_name(self, parent: Node, name: str, r: Resolved, is_dir: bool) -> None:
         wh = self._lower_shows(parent, name)
@@ -853,11 +891,11 @@ class Union:
         return [n for n in os.listxattr(self.node_real(node), follow_symlinks=False)
                 if not self.private(n)]
 
-    def setxattr(self, node: Node, name: str, value: bytes) -> None:
+    def setxattr(self, node: Node, name: str, value: bytes, flags: int = 0) -> None:
         if self.private(name):
             raise _err(errno.EPERM)
         self.copy_up(node)
-        os.setxattr(self.node_real(node), name, value, follow_symlinks=False)
+        os.setxattr(self.node_real(node), name, value, flags, follow_symlinks=False)
 
     def removexattr(self, node: Node, name: str) -> None:
         if self.private(name):
@@ -921,13 +959,16 @@ class Union:
             shutil.rmtree(tmp)
         os.rename(src_path, dst_path)
         self._clear_whiteout(nupdir, nname)
-        snode.parent, snode.name = np, nname
+        if dst is not None:
+            self._name_gone(np, nname, dst)
+        snode.drop_name(op, oname)
+        snode.add_name(np, nname)
         snode.layer = UPPER
         if snode.is_dir:
             snode.stack = [UPPER]
-            self.table.invalidate()
+            self._invalidate()
         elif dst is not None:
-            self.table.invalidate()
+            self._invalidate()
 
     def _rename_merged_dir(self, snode: Node, op: Node, oname: str, np: Node, nname: str,
                            dst: Resolved | None) -> None:
@@ -959,9 +1000,12 @@ class Union:
             gone = self._tmp_name()
             os.rename(f"{oupdir}/{oname}", gone)
             shutil.rmtree(gone)
-        snode.parent, snode.name = np, nname
+        if dst is not None:
+            self._name_gone(np, nname, dst)
+        snode.drop_name(op, oname)
+        snode.add_name(np, nname)
         snode.layer, snode.stack = UPPER, [UPPER]
-        self.table.invalidate()
+        self._invalidate()
         # Lower hardlinks that reach outside the moved tree stay one file with the copy.
         final = f"{nupdir}/{nname}"
         for ctmp, layer, cst in lower_links.values():
@@ -1024,8 +1068,11 @@ class Union:
             if n.is_dir and self._lower_shows(at_parent, at_name):
                 _touch(f"{self.real(UPPER, n.path())}/{OPAQUE_MARKER}")
         renameat2(f"{oupdir}/{oname}", f"{nupdir}/{nname}", RENAME_EXCHANGE)
-        a.parent, a.name, b.parent, b.name = np, nname, op, oname
-        self.table.invalidate()
+        a.drop_name(op, oname)
+        b.drop_name(np, nname)
+        a.add_name(np, nname)
+        b.add_name(op, oname)
+        self._invalidate()
 
     # ---- open files -----------------------------------------------------------
 
@@ -1102,6 +1149,18 @@ def needs_override() -> bool:
     except OSError:
         return False
     return rows != [["0", "0", "4294967295"]]
+
+
+def _getter(path: str, names: set[str] | None = None):
+    """An xattr reader for layers.py's rules: a value, or None where there is none."""
+    def get(name: str) -> bytes | None:
+        if names is not None and name not in names:
+            return None
+        try:
+            return os.getxattr(path, name, follow_symlinks=False)
+        except OSError:
+            return None
+    return get
 
 
 def _join(a: str, b: str) -> str:

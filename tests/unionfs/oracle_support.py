@@ -14,7 +14,9 @@ One job per section:
 
 Dialects: ``"oci"`` is `.wh.NAME` files and a `.wh..wh..opq` marker; ``"ovl"`` is the kernel form
 (char device 0/0 whiteouts, ``trusted.overlay.opaque=y``); ``"ovl-user"`` is the kernel form with
-``user.overlay.opaque=y`` (what `-o userxattr` and rootless tools write).
+``user.overlay.opaque=y`` (what `-o userxattr` and rootless tools write); ``"ovl-x"`` and
+``"ovl-x-user"`` write whiteouts as zero-size files with ``overlay.whiteout`` in a directory
+marked ``overlay.opaque=x`` (overlayfs.rst's xattr whiteouts), in either namespace.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar, Self
 
+from unionfs.deeppath import DeepPaths
 from unionfs.libc import RENAME_EXCHANGE, renameat2
 
 WH_PREFIX = ".wh."
@@ -38,7 +41,17 @@ WH_OPQ = ".wh..wh..opq"
 # xattrs that belong to union implementations, never to the user's data.
 PRIVATE_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.", "trusted.pyunion.",
                           "user.pyunion.", "user.fuseoverlayfs.", "security.fuseoverlayfs.")
-DIALECTS = ("oci", "ovl", "ovl-user")
+DIALECTS = ("oci", "ovl", "ovl-user", "ovl-x", "ovl-x-user")
+# Names longer than this get ENAMETOOLONG from pyunion (statfs namemax: room for `.wh.`), while
+# kernel overlayfs takes up to 255 bytes: the one documented difference in name handling.
+PYUNION_NAME_MAX = 251
+_deep = DeepPaths()
+
+
+def long_path(root: str | os.PathLike, rel: str) -> str:
+    """`root/rel` named so that it works beyond PATH_MAX (the sides' layers are deeper than
+    their mounts, see OracleRun)."""
+    return _deep.path(os.fspath(root), rel) if rel else os.fspath(root)
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,6 +100,14 @@ def symlink(target: str) -> Node:
 
 def whiteout() -> Node:
     return Node("whiteout", 0)
+
+
+def fifo(mode: int = 0o644, uid: int = 0, gid: int = 0) -> Node:
+    return Node("other", stat.S_IFIFO | mode, uid, gid, "0")
+
+
+def chardev(major: int = 1, minor: int = 3, mode: int = 0o600) -> Node:
+    return Node("other", stat.S_IFCHR | mode, 0, 0, str(os.makedev(major, minor)))
 
 
 def hardlink(to: str) -> Node:
@@ -208,7 +229,7 @@ def build_layer(root: Path, layer: Tree, dialect: str) -> None:
                     with open(os.path.join(full, WH_OPQ), "wb"):
                         pass
                 else:
-                    name = "trusted" if dialect == "ovl" else "user"
+                    name = "user" if dialect.endswith("user") else "trusted"
                     os.setxattr(full, f"{name}.overlay.opaque", b"y")
             dirs.append((full, node))
         elif node.kind == "file":
@@ -219,11 +240,24 @@ def build_layer(root: Path, layer: Tree, dialect: str) -> None:
             os.chmod(full, node.mode)
         elif node.kind == "symlink":
             os.symlink(str(node.data), full)
+        elif node.kind == "other":
+            os.mknod(full, node.mode, int(node.data or 0))
+            os.chown(full, node.uid, node.gid)
+            os.chmod(full, stat.S_IMODE(node.mode))
         elif node.kind == "whiteout":
+            head, _, name = full.rpartition("/")
             if dialect == "oci":
-                head, _, name = full.rpartition("/")
                 with open(f"{head}/{WH_PREFIX}{name}", "wb"):
                     pass
+            elif dialect.startswith("ovl-x"):
+                ns = "user" if dialect.endswith("user") else "trusted"
+                parent = layer.get(parent_of(path))
+                if parent is not None and parent.opaque:
+                    continue            # hides nothing, and `x` would undo the `y`
+                with open(full, "wb"):
+                    pass
+                os.setxattr(full, f"{ns}.overlay.whiteout", b"y")
+                os.setxattr(head, f"{ns}.overlay.opaque", b"x")
             else:
                 os.mknod(full, 0o600 | stat.S_IFCHR, os.makedev(0, 0))
         else:
@@ -286,7 +320,7 @@ def scan_layer(root: Path, dialect: str, tag: object = "upper") -> Tree:
     out: Tree = {}
 
     def visit(rel: str) -> None:
-        full = os.path.join(root, rel) if rel else str(root)
+        full = long_path(root, rel)
         for entry in sorted(os.scandir(full), key=lambda e: e.name):
             name = entry.name
             path = f"{rel}/{name}" if rel else name
@@ -308,7 +342,10 @@ def scan_layer(root: Path, dialect: str, tag: object = "upper") -> Tree:
             if node.kind == "dir":
                 visit(path)
 
-    visit("")
+    try:
+        visit("")
+    finally:
+        _deep.close()     # the upper's directories move between scans
     return out
 
 
@@ -571,16 +608,14 @@ def copy_object(src: str, dst: str, linked: dict[int, str]) -> None:
             copy_object(os.path.join(src, name), os.path.join(dst, name), linked)
     elif stat.S_ISLNK(st.st_mode):
         os.symlink(os.readlink(src), dst)
-    elif stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and st.st_ino in linked:
-        os.link(linked[st.st_ino], dst)
+    elif st.st_nlink > 1 and st.st_ino in linked:
+        os.link(linked[st.st_ino], dst, follow_symlinks=False)
         return
     elif stat.S_ISREG(st.st_mode):
         shutil.copyfile(src, dst, follow_symlinks=False)
-        linked[st.st_ino] = dst
-    elif stat.S_ISFIFO(st.st_mode):
-        os.mkfifo(dst)
     else:
-        raise OSError(errno.EINVAL, "cannot copy", src)
+        os.mknod(dst, st.st_mode, st.st_rdev)
+    linked[st.st_ino] = dst
     _set_xattrs(dst, _user_xattrs(src))
     os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
     if not stat.S_ISLNK(st.st_mode):
@@ -770,6 +805,9 @@ class OracleRun:
         self.dialects = dialects or ["oci"] * len(lowers)
         self.check_ino = check_ino and subject == "pyunion"
         self.models = [resolve_links(layer, f"L{i}") for i, layer in enumerate(lowers)]
+        self.ref_models = list(self.models)   # each grows on top when an upper is rotated down
+        self.sub_models = list(self.models)
+        self.rotations = 0
         self.tainted: set[str] = set()
         self.ino_map: dict[object, object] = {}
         self.log: list[str] = []
@@ -777,18 +815,23 @@ class OracleRun:
         self._sub_mount = contextlib.ExitStack()
         self.ref = self.base / "ref"
         self.sub = self.base / "sub"
-        self.plain = self.base / "plain"
+        # The subject's layers live deeper than its mount, as in real setups (a store's layers
+        # under /var/lib/...): a path near PATH_MAX through the mount is longer than PATH_MAX
+        # in its layers. All three roots have paths of one length, so a path too long for one
+        # is too long for all.
+        self.sub_layers = self.sub / ("L" * 200)
+        self.plain = self.base / "pla" / "mnt"
 
     # -- set-up and tear-down ------------------------------------------------------------
 
     def start(self) -> Self:
         os.umask(0o022)
-        for side in (self.ref, self.sub):
+        for side in (self.ref, self.sub, self.sub_layers):
             for d in ("upper", "work", "mnt"):
                 (side / d).mkdir(parents=True)
         for i, layer in enumerate(self.lowers):
             build_layer(self.ref / f"l{i}", layer, "ovl")
-            build_layer(self.sub / f"l{i}", layer,
+            build_layer(self.sub_layers / f"l{i}", layer,
                         "ovl" if self.subject == "kernel" else self.dialects[i])
         build_plain(self.plain, merge(self.models))
         kernel_overlay_mount(self._lower_dirs(self.ref), self.ref / "upper", self.ref / "work",
@@ -798,11 +841,14 @@ class OracleRun:
         return self
 
     def _lower_dirs(self, side: Path) -> list[Path]:
-        return [side / f"l{i}" for i in range(len(self.lowers))]
+        """Rotated uppers (newest first), then the built lowers."""
+        rotated = [side / f"r{k}" for k in reversed(range(self.rotations))]
+        return rotated + [side / f"l{i}" for i in range(len(self.lowers))]
 
     def _mount_subject(self) -> None:
-        mnt, upper, work = self.sub / "mnt", self.sub / "upper", self.sub / "work"
-        lowers = self._lower_dirs(self.sub)
+        mnt = self.sub / "mnt"
+        upper, work = self.sub_layers / "upper", self.sub_layers / "work"
+        lowers = self._lower_dirs(self.sub_layers)
         if self.subject == "pyunion":
             from tests.mounting import mounted
             opts = [f"workdir={work}", f"log={self.base / 'daemon.log'}"]
@@ -821,6 +867,30 @@ class OracleRun:
         self._sub_mount.close()
         self._mount_subject()
         self.check("after remount")
+
+    def rotate(self) -> None:
+        """Unmount both unions, make each upper the top lower under a fresh upper (what a
+        commit does: the container's changes become an image layer), mount again.
+
+        Inode numbers may change here (an object now comes from another layer), so the
+        st_ino check starts afresh; everything else must look the same."""
+        self._sub_mount.close()
+        unmount_any(self.ref / "mnt")
+        k = self.rotations
+        sub_dialect = "oci" if self.subject == "pyunion" else "ovl"
+        self.sub_models.insert(0, scan_layer(self.sub_layers / "upper", sub_dialect, f"R{k}"))
+        self.ref_models.insert(0, scan_layer(self.ref / "upper", "ovl", f"R{k}"))
+        for side in (self.ref, self.sub_layers):
+            os.rename(side / "upper", side / f"r{k}")
+            shutil.rmtree(side / "work")
+            (side / "upper").mkdir()
+            (side / "work").mkdir()
+        self.rotations += 1
+        kernel_overlay_mount(self._lower_dirs(self.ref), self.ref / "upper", self.ref / "work",
+                             self.ref / "mnt")
+        self._mount_subject()
+        self.ino_map = {}
+        self.check("after rotating the uppers into the lowers")
 
     def close(self) -> None:
         """Unmount everything and delete the directories; safe to call at any point, twice."""
@@ -877,6 +947,15 @@ class OracleRun:
             _isdir(plain, args[0]) or (len(args) > 2 and args[2] == RENAME_EXCHANGE
                                        and _isdir(plain, args[1])))
         tainted_op = any(self.is_tainted(p) for p in paths)
+        if self.subject == "pyunion" and any(
+                len(os.fsencode(p.rpartition("/")[2])) > PYUNION_NAME_MAX for p in paths):
+            # The kernel takes the name; pyunion must refuse it and change nothing.
+            es = run_op(self.sub / "mnt", op, *args)
+            self.stats[f"{op} long name {_en(es)}"] += 1
+            if es != errno.ENAMETOOLONG:
+                raise AssertionError(f"{step}: expected ENAMETOOLONG, got {_en(es)}")
+            self.check(step)
+            return es
         ek = run_op(self.ref / "mnt", op, *args)
         es = run_op(self.sub / "mnt", op, *args)
         kernel_like = self.subject == "kernel"
@@ -927,7 +1006,7 @@ class OracleRun:
             raise HarnessError(f"{step}: {ref.problems + plain.problems}")
         self._taint_hardlink_divergence(step, plain.tree, ref.tree)
         skip = self.is_tainted
-        harness = changeset_problems(scan_layer(self.ref / "upper", "ovl"), self.models,
+        harness = changeset_problems(scan_layer(self.ref / "upper", "ovl"), self.ref_models,
                                      plain.tree, peers=False, skip=skip)
         if harness:
             raise HarnessError(f"{step}: kernel upper: {harness}")
@@ -937,14 +1016,17 @@ class OracleRun:
             problems += [f"st_nlink of {p!r}: expected {n}, got {sub.nlink.get(p)}"
                          for p, n in sorted(plain.nlink.items())
                          if p in sub.nlink and sub.nlink[p] != n]
-            upper = scan_layer(self.sub / "upper", "oci" if self.subject == "pyunion" else "any")
-            problems += changeset_problems(upper, self.models, plain.tree)
+            upper = scan_layer(self.sub_layers / "upper",
+                               "oci" if self.subject == "pyunion" else "any")
+            problems += changeset_problems(upper, self.sub_models,
+                                           plain.tree)
             if self.check_ino:
                 problems += self._ino_problems(plain.tree, sub.tree)
         else:
             problems += diff_trees(ref.tree, sub.tree, peers=False)
-            upper = scan_layer(self.sub / "upper", "ovl")
-            problems += changeset_problems(upper, self.models, plain.tree, peers=False,
+            upper = scan_layer(self.sub_layers / "upper", "ovl")
+            problems += changeset_problems(upper, self.sub_models,
+                                           plain.tree, peers=False,
                                            skip=skip)
         if problems:
             raise AssertionError(f"{step}:\n  " + "\n  ".join(problems)

@@ -1,12 +1,17 @@
 """Oracle test: random operation sequences on pyunion, kernel overlayfs and a plain directory.
 
-A hypothesis state machine draws a two-lower stack (files, directories, symlinks, hardlinks,
-whiteouts and opaque directories, over a pool of three names so that collisions are the rule)
-and then create/write/append/truncate/unlink/mkdir/rmdir/rename/link/symlink/mkfifo/chmod/
-chown/setxattr/removexattr calls, and at most one remount. Every call runs on all three roots through `OracleRun.do`, which checks errno, merged
-tree, upper-as-changeset and st_ino stability after each step, and a remount at the end. What
-counts as right where overlayfs and POSIX differ (EXDEV directory renames, lower hardlinks) is
-documented in `oracle_support.OracleRun`.
+A hypothesis state machine draws a two-lower stack (files, directories, symlinks, fifos,
+devices, hard links among any of the non-directories, whiteouts in every dialect including
+xattr whiteouts, and opaque directories, over a pool of three names so that collisions are the
+rule) and then create/write/append/truncate/unlink/mkdir/rmdir/rename/link/symlink/mkfifo/chmod/
+chown/setxattr/removexattr calls, hard-link sequences (link, unlink, re-link after delete,
+rename among the names of one object), mkdir/rmdir churn, names of 250-255 bytes, a chain of
+directories that brings paths near PATH_MAX, and at most one remount and one rotation of the
+uppers into the lower stacks. Every call runs on all three roots through `OracleRun.do`, which
+checks errno, merged tree (stat and read through every name, st_nlink, hard-link groups,
+listings), upper-as-changeset and st_ino stability after each step, and a remount at the end.
+What counts as right where overlayfs and POSIX differ (EXDEV directory renames, lower
+hardlinks, names over 251 bytes) is documented in `oracle_support.OracleRun`.
 
 Knobs (environment): PYUNION_ORACLE_EXAMPLES (examples per test, default 30),
 PYUNION_ORACLE_STEPS (steps per example, default 25), PYUNION_ORACLE_RANDOM=1 (new random
@@ -38,7 +43,9 @@ from tests.unionfs.oracle_support import (
     Node,
     OracleRun,
     Tree,
+    chardev,
     directory,
+    fifo,
     file,
     hardlink,
     prune_pointless_whiteouts,
@@ -73,8 +80,8 @@ def layers(draw, top: bool, max_depth: int | None = None) -> Tree:
     """One lower layer; only the top one (above another) has whiteouts and opaque dirs."""
     max_depth = max_depth or _env_int("PYUNION_ORACLE_LOWER_DEPTH", 2)
     wh = ["whiteout"] * top
-    kinds = {1: ["absent"] * 2 + ["file"] * 2 + ["dir"] * 4 + ["symlink"] + wh,
-             2: ["absent"] * 3 + ["file"] * 3 + ["dir"] * 2 + ["symlink"] + wh}
+    kinds = {1: ["absent"] * 2 + ["file"] * 2 + ["dir"] * 4 + ["symlink", "special"] + wh,
+             2: ["absent"] * 3 + ["file"] * 3 + ["dir"] * 2 + ["symlink", "special"] + wh}
     layer: Tree = {}
 
     def fill(prefix: str, depth: int) -> None:
@@ -85,6 +92,9 @@ def layers(draw, top: bool, max_depth: int | None = None) -> Tree:
                 layer[path] = draw(file_nodes())
             elif kind == "symlink":
                 layer[path] = symlink(draw(st.sampled_from(LINK_TARGETS)))
+            elif kind == "special":
+                layer[path] = draw(st.sampled_from([fifo(), fifo(0o600, 1000, 1000),
+                                                    chardev()]))
             elif kind == "whiteout":
                 layer[path] = whiteout()
             elif kind == "dir":
@@ -95,7 +105,7 @@ def layers(draw, top: bool, max_depth: int | None = None) -> Tree:
                     fill(path + "/", depth + 1)
 
     fill("", 1)
-    files = sorted(p for p, n in layer.items() if n.kind == "file")
+    files = sorted(p for p, n in layer.items() if n.kind in ("file", "symlink", "other"))
     if len(files) >= 2 and not os.environ.get("PYUNION_ORACLE_NO_LOWER_HARDLINKS"):
         used: set[str] = set()
         for src, dst in draw(st.lists(st.tuples(st.sampled_from(files), st.sampled_from(files)),
@@ -127,6 +137,8 @@ class UnionOracle(RuleBasedStateMachine):
         self.run: OracleRun | None = None
         self.ok = True
         self.remounts = 0
+        self.rotations = 0
+        self.deep = False
 
     @initialize(lowers=stacks(),
                 dialects=st.lists(st.sampled_from(DIALECTS), min_size=2, max_size=2))
@@ -243,6 +255,129 @@ class UnionOracle(RuleBasedStateMachine):
     @rule(data=st.data(), name=st.sampled_from(XATTR_NAMES))
     def removexattr(self, data: st.DataObject, name: str) -> None:
         self.do("removexattr", self.existing(data, "path"), name)
+
+    def existing_nondir(self, data: st.DataObject, label: str) -> str:
+        assert self.run is not None
+        every, dirs = self._tree()
+        objs = sorted(set(every) - set(dirs))
+        return data.draw(st.sampled_from(objs) if objs else paths, label=label)
+
+    @rule(data=st.data())
+    def hardlink_dance(self, data: st.DataObject) -> None:
+        """link, then unlink/rename among the names of one object, re-link after delete: the
+        sequences package managers and git run (issue 9, cases 1-4)."""
+        src = self.existing_nondir(data, "src")
+        other = self.fresh(data, "other")
+        self.do("link", src, other)
+        steps = data.draw(st.lists(st.sampled_from(
+            ["unlink-src", "unlink-other", "relink-src", "relink-other", "rename-src",
+             "rename-other", "write-other", "chmod-src"]), min_size=1, max_size=4), label="steps")
+        names = {"src": src, "other": other}
+        for step in steps:
+            verb, _, which = step.partition("-")
+            a = names[which]
+            b = names["other" if which == "src" else "src"]
+            if verb == "unlink":
+                self.do("unlink", a)
+            elif verb == "relink":
+                self.do("link", b, a)
+            elif verb == "rename":
+                dst = self.fresh(data, "rename-to")
+                self.do("rename", a, dst, 0)
+                names[which] = dst
+            elif verb == "write":
+                self.do("append", a, b"+")
+            else:
+                self.do("chmod", a, 0o640)
+
+    @rule(data=st.data(), rounds=st.integers(1, 3))
+    def dir_churn(self, data: st.DataObject, rounds: int) -> None:
+        """mkdir/rmdir of a small tree again and again (the disk reuses inode numbers); the
+        listing is checked after each step (issue 9, case 5)."""
+        _, dirs = self._tree()
+        top = data.draw(st.sampled_from(dirs), label="in")
+        d = f"{top}/c" if top else "c"
+        for _ in range(rounds):
+            self.do("mkdir", d, 0o755)
+            self.do("mkdir", f"{d}/s", 0o755)
+            self.do("create", f"{d}/s/f", b"x")
+            self.do("unlink", f"{d}/s/f")
+            self.do("rmdir", f"{d}/s")
+            self.do("rmdir", d)
+
+    @rule(data=st.data(), length=st.integers(250, 255),
+          op=st.sampled_from(["create", "mkdir", "link", "rename", "symlink", "unlink"]))
+    def long_name(self, data: st.DataObject, length: int, op: str) -> None:
+        """Names around NAME_MAX: up to 251 bytes work, longer say ENAMETOOLONG (case 7)."""
+        _, dirs = self._tree()
+        top = data.draw(st.sampled_from(dirs), label="in")
+        name = data.draw(st.sampled_from("abc"), label="char") * length
+        path = f"{top}/{name}" if top else name
+        if op == "create":
+            self.do("create", path, b"long")
+        elif op == "mkdir":
+            self.do("mkdir", path, 0o755)
+        elif op == "link":
+            self.do("link", self.existing_nondir(data, "src"), path)
+        elif op == "rename":
+            self.do("rename", self.existing(data, "src"), path, 0)
+        elif op == "symlink":
+            self.do("symlink", "a", path)
+        else:
+            self.do("unlink", path)
+
+    @precondition(lambda self: not self.deep)
+    @rule(data=st.data())
+    def deep_paths(self, data: st.DataObject) -> None:
+        """A chain of directories that brings paths through the mount near PATH_MAX (longer
+        than PATH_MAX in the subject's layers), then calls of every kind at its bottom."""
+        assert self.run is not None
+        self.deep = True
+        room = 4095 - len(os.fsencode(os.fspath(self.run.sub / "mnt"))) - 1
+        name = "p" * 200
+        chain = ""
+        while len(chain) + len(name) + 1 + 40 < room:
+            chain = f"{chain}/{name}" if chain else name
+            self.do("mkdir", chain, 0o755)
+        slack = room - len(chain) - 1 - 4
+        leaf = f"{chain}/{'q' * min(slack, 30)}"
+        steps = data.draw(st.permutations(["create", "link", "symlink", "mkfifo", "chmod",
+                                           "rename", "setxattr"]), label="order")
+        self.do("create", leaf, b"deep")
+        for step in steps:
+            if step == "create":
+                self.do("create", f"{chain}/n", b"n")
+            elif step == "link":
+                self.do("link", leaf, f"{chain}/l")
+            elif step == "symlink":
+                self.do("symlink", "n", f"{chain}/s")
+            elif step == "mkfifo":
+                self.do("mkfifo", f"{chain}/p")
+            elif step == "chmod":
+                self.do("chmod", leaf, 0o600)
+            elif step == "rename":
+                self.do("rename", leaf, f"{chain}/r", 0)
+            else:
+                self.do("setxattr", f"{chain}/n", "user.a", b"v")
+        if data.draw(st.booleans(), label="remove"):
+            for n in ("n", "l", "s", "p", "r", leaf.rpartition("/")[2]):
+                self.do("unlink", f"{chain}/{n}")
+            while chain:
+                self.do("rmdir", chain)
+                chain = chain.rpartition("/")[0]
+
+    @precondition(lambda self: self.rotations < 1)
+    @rule(now=st.sampled_from([True, False, False, False]))
+    def rotate(self, now: bool) -> None:
+        """The uppers become the top lowers under fresh uppers (a commit), both unions are
+        mounted again; later calls work on the rotated stack (case 4)."""
+        assert self.run is not None
+        if not now:
+            return
+        self.rotations += 1
+        self.ok = False
+        self.run.rotate()
+        self.ok = True
 
     @precondition(lambda self: self.remounts < 1)
     @rule(now=st.sampled_from([True, False, False, False]))
