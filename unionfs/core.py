@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 
 from unionfs import fsapi, libc
-from unionfs.inodes import Node
+from unionfs.inodes import UPPER, Node
 from unionfs.layers import NAME_MAX
 from unionfs.union import Union
 
@@ -146,14 +146,19 @@ class UnionFilesystem:
     # -- files
     def open(self, ino: int, flags: int, ctx: fsapi.Ctx) -> fsapi.Opened:
         fd = self.u.open(self._node(ino), flags)
-        return fsapi.Opened(fd, keep_cache=True)
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):
+            self.u.mutations += 1   # passthrough writes never reach write(): age listings here
+        # Only an upper file may back a handle for passthrough: a lower file can be copied up
+        # while the handle is open, and the kernel binds an inode to one backing file.
+        upper = self.u.handles[fd].layer == UPPER
+        return fsapi.Opened(fd, keep_cache=True, backing_fd=fd if upper else None)
 
     def create(self, parent: int, name: bytes, mode: int, flags: int, ctx: fsapi.Ctx
                ) -> tuple[fsapi.Entry, fsapi.Opened]:
         node, st, fd = self.u.create(self._node(parent), _name(name), mode, flags, ctx.uid,
                                      ctx.gid)
         self.u.register(fd, node)
-        return self._entry(node, st), fsapi.Opened(fd, keep_cache=True)
+        return self._entry(node, st), fsapi.Opened(fd, keep_cache=True, backing_fd=fd)
 
     def read(self, fh: int, offset: int, size: int) -> bytes:
         return os.pread(self.u.fd_for_read(fh), size, offset)
@@ -169,6 +174,9 @@ class UnionFilesystem:
         return h.fd
 
     def release(self, fh: int) -> None:
+        h = self.u.handles.get(fh)
+        if h is not None and h.layer == UPPER:
+            self.u.mutations += 1   # its writes may have bypassed write() (passthrough)
         self.u.release(fh)
 
     def fsync(self, fh: int, datasync: bool) -> None:

@@ -49,6 +49,8 @@ class MountConfig:
     override: bool | None = None     # record owners in xattrs; None = when chown is out of reach
     fuse_options: set[str] = field(default_factory=set)
     warnings: list[str] = field(default_factory=list)
+    backend: str | None = None       # kernel | pyfuse3; None = $PYUNION_BACKEND or the default
+    passthrough: bool = True         # FUSE passthrough where the kernel allows it (backend=kernel)
 
     @property
     def readonly(self) -> bool:
@@ -92,6 +94,14 @@ def _apply_option(cfg: MountConfig, item: str, seen: dict[str, str]) -> None:
         setattr(cfg, key, value)
     elif key == "xattr_permissions":
         cfg.override = value not in ("0", "")
+    elif key == "backend":
+        if value not in ("kernel", "pyfuse3"):
+            raise UsageError(f"option backend={value!r}: use backend=kernel or backend=pyfuse3")
+        cfg.backend = value
+    elif key == "passthrough":
+        if value not in ("on", "off"):
+            raise UsageError(f"option passthrough={value!r}: use passthrough=on or off")
+        cfg.passthrough = value == "on"
     elif key == "debug":
         cfg.debug = True
     elif key in FUSE_FLAGS and not eq:

@@ -183,3 +183,30 @@ def test_errors_come_back_as_errno(served):
     with pytest.raises(OSError) as e:
         os.getxattr(served.mnt / "f", "user.none")
     assert e.value.errno == errno.ENODATA
+
+
+def test_readdirplus_counts_no_lookup_for_dot_entries(serve_with):
+    """The kernel takes a reference for every readdirplus entry but "." and "..": counting
+    those too kept dead inodes alive in the union (EEXIST under mkdir/rmdir churn)."""
+    from unionfs import fsapi
+    s = serve_with()
+    (s.src / "d").mkdir()
+    (s.src / "d" / "x").write_text("x")
+    plain_readdir = s.fs.readdir
+    counted: list[int] = []
+    plain_count = s.fs.count_lookup
+
+    def readdir(fh, offset, plus):
+        for d in plain_readdir(fh, offset, plus):
+            if plus and d.name in (b".", b".."):
+                d.entry = fsapi.Entry(s.fs.getattr(d.ino, None, fsapi.Ctx()), 0, 1.0, 1.0)
+            yield d
+
+    def count_lookup(ino):
+        counted.append(ino)
+        plain_count(ino)
+
+    s.fs.readdir = readdir
+    s.fs.count_lookup = count_lookup
+    assert os.listdir(s.mnt / "d") == ["x"]
+    assert counted == [os.stat(s.src / "d" / "x").st_ino]

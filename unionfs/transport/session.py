@@ -570,7 +570,8 @@ class Session:
                 break
             used += rec
             e = d.entry
-            if e is None:
+            if e is None or d.name == b"." or d.name == b"..":
+                # the kernel takes no reference on "." and "..": no lookup to count
                 head = pack(0, 0, 0, 0, 0, 0, *zero, d.ino, d.offset, n, d.type >> 12)
             else:
                 es, ens = self._timeout(e.entry_timeout)
