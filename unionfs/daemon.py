@@ -20,7 +20,7 @@ from unionfs.options import MountConfig
 from unionfs.ownership import IdMap
 from unionfs.union import Union
 
-DEFAULT_BACKEND = "pyfuse3"
+DEFAULT_BACKEND = "kernel"
 
 log = logging.getLogger("pyunion")
 
@@ -152,10 +152,13 @@ def _serve_kernel(cfg, fs, record, report_ready, report_error) -> int:
 
 
 def _serve_pyfuse3(cfg, fs, record, report_ready, report_error) -> int:
-    import pyfuse3
-    import trio
+    try:
+        import pyfuse3
+        import trio
 
-    from unionfs.operations import FuseOperations
+        from unionfs.operations import FuseOperations
+    except ImportError as e:
+        return report_error(f"backend=pyfuse3 needs pyfuse3 (pip install 'pyunion[pyfuse3]'): {e}")
     try:
         pyfuse3.init(FuseOperations(fs), cfg.target, fuse_options(cfg))
     except Exception as e:  # noqa: BLE001 - one line to the waiting parent, whatever went wrong
