@@ -211,7 +211,9 @@ class UnionFilesystem:
         self._next_dir += 1
         self._dirs[fh] = _Stream(node, entries, replies, m)
         node.open_count += 1
-        return fsapi.Opened(fh)
+        # Every change of a listing comes through the mount, and the kernel drops its cached
+        # listing of a directory on each such change (fuse_dir_changed) or when notified.
+        return fsapi.Opened(fh, keep_cache=True, cache_dir=True)
 
     def readdir(self, fh: int, offset: int, plus: bool) -> Iterator[fsapi.DirEntry]:
         d = self._dirs.get(fh)
