@@ -218,6 +218,12 @@ class PyunionKernel(Pyunion):
     extra = ("backend=kernel",)
 
 
+class PyunionKernelAll(Pyunion):
+    name, label = "pyunion-kernel-all", "pyunion (own transport, passthrough of lower files too)"
+    options = "-o workdir=W,backend=kernel,passthrough=all UPPER:TOP:BASE"
+    extra = ("backend=kernel", "passthrough=all")
+
+
 class PyunionKernelNoPassthrough(Pyunion):
     name, label = "pyunion-kernel-nopt", "pyunion (own transport, no passthrough)"
     options = "-o workdir=W,backend=kernel,passthrough=off UPPER:TOP:BASE"
@@ -231,5 +237,6 @@ class PyunionPyfuse3(Pyunion):
 
 
 ALL: list[Impl] = [Native(), KernelOverlay(), FuseOverlayfs(), UnionfsFuse(), Pyunion(),
-                   PyunionKernel(), PyunionKernelNoPassthrough(), PyunionPyfuse3()]
+                   PyunionKernel(), PyunionKernelAll(), PyunionKernelNoPassthrough(),
+                   PyunionPyfuse3()]
 BY_NAME = {i.name: i for i in ALL}

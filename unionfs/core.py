@@ -44,8 +44,12 @@ class UnionFilesystem:
 
     thread_safe = False
 
-    def __init__(self, union: Union, timeout: float = 300.0):
+    def __init__(self, union: Union, timeout: float = 300.0, passthrough_lower: bool = False):
+        """`passthrough_lower`: offer lower files opened read-only for FUSE passthrough too
+        (kernel-speed reads of image layers; a writer that copies such a file up while the
+        reader holds it gets ETXTBSY, and the reader keeps the lower data)."""
         self.u = union
+        self.passthrough_lower = passthrough_lower
         self.attr_timeout = timeout
         self.entry_timeout = timeout
         self.notifier: fsapi.Notifier | None = None
@@ -148,10 +152,11 @@ class UnionFilesystem:
         fd = self.u.open(self._node(ino), flags)
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):
             self.u.mutations += 1   # passthrough writes never reach write(): age listings here
-        # Only an upper file may back a handle for passthrough: a lower file can be copied up
-        # while the handle is open, and the kernel binds an inode to one backing file.
+        # By default only an upper file backs a handle for passthrough: a lower file can be
+        # copied up while the handle is open, and the kernel binds an inode to one backing file.
         upper = self.u.handles[fd].layer == UPPER
-        return fsapi.Opened(fd, keep_cache=True, backing_fd=fd if upper else None)
+        backing = fd if upper or self.passthrough_lower else None
+        return fsapi.Opened(fd, keep_cache=True, backing_fd=backing)
 
     def create(self, parent: int, name: bytes, mode: int, flags: int, ctx: fsapi.Ctx
                ) -> tuple[fsapi.Entry, fsapi.Opened]:

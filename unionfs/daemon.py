@@ -112,7 +112,7 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
         union = Union(cfg.upper, cfg.lowers, cfg.workdir, fsync=cfg.fsync, override=cfg.override,
                       uidmap=IdMap.parse(cfg.uidmapping) if cfg.uidmapping else None,
                       gidmap=IdMap.parse(cfg.gidmapping) if cfg.gidmapping else None)
-        fs = UnionFilesystem(union, timeout=cfg.timeout)
+        fs = UnionFilesystem(union, timeout=cfg.timeout, passthrough_lower=cfg.passthrough_lower)
     except Exception as e:  # noqa: BLE001 - one line to the waiting parent, whatever went wrong
         return report_error(e)
     if backend(cfg) == "kernel":

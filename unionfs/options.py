@@ -51,6 +51,7 @@ class MountConfig:
     warnings: list[str] = field(default_factory=list)
     backend: str | None = None       # kernel | pyfuse3; None = $PYUNION_BACKEND or the default
     passthrough: bool = True         # FUSE passthrough where the kernel allows it (backend=kernel)
+    passthrough_lower: bool = False  # passthrough=all: lower files read-only too (docs/transport.md)
 
     @property
     def readonly(self) -> bool:
@@ -99,9 +100,10 @@ def _apply_option(cfg: MountConfig, item: str, seen: dict[str, str]) -> None:
             raise UsageError(f"option backend={value!r}: use backend=kernel or backend=pyfuse3")
         cfg.backend = value
     elif key == "passthrough":
-        if value not in ("on", "off"):
-            raise UsageError(f"option passthrough={value!r}: use passthrough=on or off")
-        cfg.passthrough = value == "on"
+        if value not in ("on", "off", "all"):
+            raise UsageError(f"option passthrough={value!r}: use passthrough=on, off or all")
+        cfg.passthrough = value != "off"
+        cfg.passthrough_lower = value == "all"
     elif key == "debug":
         cfg.debug = True
     elif key in FUSE_FLAGS and not eq:
