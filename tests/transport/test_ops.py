@@ -210,3 +210,22 @@ def test_readdirplus_counts_no_lookup_for_dot_entries(serve_with):
     s.fs.count_lookup = count_lookup
     assert os.listdir(s.mnt / "d") == ["x"]
     assert counted == [os.stat(s.src / "d" / "x").st_ino]
+
+
+def test_ls_l_of_a_big_directory_needs_no_lookup_per_name(serve_with):
+    """The attributes of a listing come with it (readdirplus): `ls -l` sends no LOOKUP."""
+    s = serve_with()
+    for i in range(1500):
+        (s.src / f"name-{i:04d}").write_text("z")
+    plain_lookup = s.fs.lookup
+    looked: list[bytes] = []
+
+    def lookup(parent, name, ctx):
+        looked.append(name)
+        return plain_lookup(parent, name, ctx)
+
+    s.fs.lookup = lookup
+    out = subprocess.run(["ls", "-l", str(s.mnt)], capture_output=True, text=True, check=True,
+                         timeout=60).stdout
+    assert out.count("name-") == 1500
+    assert len(looked) == 0
