@@ -250,12 +250,14 @@ class Session:
             log.error("kernel FUSE protocol %d.%d is older than %d.%d (Linux 4.20)", major,
                       minor, proto.KERNEL_MAJOR, proto.OLDEST_MINOR)
             return self._error(unique, errno.EPROTO)
+        # Not READDIRPLUS_AUTO: with it the kernel lists all but the first batch without
+        # attributes, then looks each name up alone when it is stat'ed (ls -l).
         offered = flags & ~self.refuse
         if offered & proto.INIT_EXT and len(body) >= 20:   # flags2 exists only with INIT_EXT
             offered |= (proto.INIT_IN_FLAGS2.unpack_from(body, 16)[0] << 32) & ~self.refuse
         want = (proto.ASYNC_READ | proto.ATOMIC_O_TRUNC | proto.EXPORT_SUPPORT
                 | proto.BIG_WRITES | proto.AUTO_INVAL_DATA | proto.DO_READDIRPLUS
-                | proto.READDIRPLUS_AUTO | proto.ASYNC_DIO | proto.PARALLEL_DIROPS
+                | proto.ASYNC_DIO | proto.PARALLEL_DIROPS
                 | proto.MAX_PAGES | proto.CACHE_SYMLINKS | proto.INIT_EXT
                 | proto.DIRECT_IO_ALLOW_MMAP)
         if self.want_passthrough and offered & proto.PASSTHROUGH:
