@@ -96,7 +96,11 @@ class UnionFilesystem:
         self.u.table.forget(ino, nlookup)
 
     def count_lookup(self, ino: int) -> None:
-        node = self._offered.get(ino) or self.u.table.get(ino)
+        node = self.u.table.nodes.get(ino)
+        if node is not None:
+            node.lookups += 1
+            return
+        node = self._offered.get(ino)
         if node is not None:
             self.u.ref(node)
 
@@ -245,24 +249,25 @@ class UnionFilesystem:
                 i += 1
                 continue
             k = i - 2
+            i += 1
             if fresh and k < len(d.replies):
                 reply = d.replies[k]
             else:
-                reply = self._entry_reply(node, d.entries[k], fresh, ppath)
+                reply = self._entry_reply(node, d.entries[k], fresh, ppath, i)
                 if fresh and k == len(d.replies):
                     d.replies.append(reply)
-            i += 1
             if reply is None:
                 continue
-            name_b, child, entry = reply
-            self._offered[child.ino] = child
-            yield fsapi.DirEntry(name_b, child.ino, entry.attr.mode & 0o170000, i,
-                                 entry if plus else None)
+            child, de = reply
+            self._offered[de.ino] = child
+            yield de if plus else fsapi.DirEntry(de.name, de.ino, de.type, de.offset)
         if fresh and len(d.replies) == len(d.entries) and d.mutations == self.u.mutations:
             self._remember_listing(node.ino, d)
 
-    def _entry_reply(self, node: Node, entry, fresh: bool, ppath: str | None = None):
-        """(name, node, Entry) for one listed name, or None if it is gone."""
+    def _entry_reply(self, node: Node, entry, fresh: bool, ppath: str | None, offset: int
+                     ) -> tuple[Node, fsapi.DirEntry] | None:
+        """(node, readdirplus entry) for one listed name, or None if it is gone; kept with
+        the listing, so a warm walk hands out the same objects again."""
         try:
             if fresh:
                 child, st = self.u.lookup_entry(node, entry, ppath)
@@ -270,7 +275,9 @@ class UnionFilesystem:
                 child, st = self.u.lookup(node, entry.name, count=False)
         except OSError:
             return None
-        return os.fsencode(entry.name), child, self._entry(child, st)
+        e = self._entry(child, st)
+        return child, fsapi.DirEntry(os.fsencode(entry.name), child.ino,
+                                     e.attr.mode & 0o170000, offset, e)
 
     def _remember_listing(self, ino: int, d: _Stream) -> None:
         """Keep a complete listing with its replies until anything changes (the mutation

@@ -38,7 +38,13 @@ class DeepPaths:
         for i, comp in enumerate(parts[:-1]):
             n = len(os.fsencode(comp)) + 1
             if chunk and size + n > STEP:
-                fd = self._open(base, prefix, chunk, fd)
+                try:
+                    fd = self._open(base, prefix, chunk, fd)
+                except (FileNotFoundError, NotADirectoryError):
+                    # A directory on the way is missing: name something below it, so every
+                    # call fails as it would on the whole path (ENOENT/ENOTDIR), none creates.
+                    at = self._dirfd(base) if fd is None else fd
+                    return f"/proc/self/fd/{at}/{'/'.join(chunk)}/{parts[-1]}"
                 prefix = "/".join(parts[:i])
                 chunk, size = [], 0
             chunk.append(comp)

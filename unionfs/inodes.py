@@ -6,13 +6,15 @@ flat however many names are looked up and forgotten.
 
 A node is an object, not a name: it keeps every name it is known by (hard links), so removing or
 renaming one name leaves it served through the others. When its object is gone for good (last
-name removed) it is marked dead; a new object the disk gives the same inode number then gets a
-new generation, so the kernel never takes it for the old one (FUSE compares (ino, generation)).
+name removed) it is marked dead; a new object the disk gives the same inode number while the
+kernel still holds the old one gets the next generation, so the kernel never takes it for the
+old one (FUSE compares (ino, generation)). A number the kernel has forgotten is unknown to it, so
+a node made afresh starts at generation 0 again: every answer about one live object carries one
+generation, whichever call or listing gives it.
 """
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 
 from unionfs.fsapi import ROOT_INO
@@ -20,10 +22,9 @@ from unionfs.fsapi import ROOT_INO
 ROOT = ROOT_INO
 UPPER = 0
 MAX_NAMES = 64          # names remembered per node beyond its current one (bounded memory)
-_generations = itertools.count(1)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Node:
     ino: int
     parent: Node | None
@@ -35,7 +36,7 @@ class Node:
     gen: int = 0                     # table generation its layer/stack were computed in
     open_count: int = 0
     others: list[tuple[Node, str]] = field(default_factory=list)  # other names (hard links)
-    generation: int = field(default_factory=lambda: next(_generations))
+    generation: int = 0
     dead: bool = False               # its object is gone; the number may be reused
 
     def names(self) -> list[tuple[Node, str]]:
@@ -46,6 +47,10 @@ class Node:
     def add_name(self, parent: Node, name: str, current: bool = True) -> None:
         """Remember a name of this object; `current` makes it the one calls go through."""
         key = (parent, name)
+        if self.is_dir:             # a directory has one name: a rename moves it
+            self.parent, self.name = key
+            self.others = []
+            return
         self.others = [o for o in self.others if o[0] is not parent or o[1] != name]
         if self.parent is not None and (self.parent is not parent or self.name != name):
             if current:
@@ -66,11 +71,13 @@ class Node:
             self.parent, self.name = self.others.pop(0)
         return True
 
-    def reborn(self) -> None:
-        """Its inode number now stands for a new object: a new generation, no old names."""
+    def reborn(self, parent: Node, name: str, is_dir: bool) -> None:
+        """Its inode number now stands for a new object, known as `name` in `parent`: a new
+        generation, none of the old names."""
         self.dead = False
+        self.parent, self.name, self.is_dir = parent, name, is_dir
         self.others = []
-        self.generation = next(_generations)
+        self.generation += 1
 
     def path(self) -> str:
         """Merged-view path relative to the root ('' for the root)."""

@@ -21,6 +21,7 @@ from pyfuse3 import FUSEError
 from unionfs import fsapi
 
 log = logging.getLogger("pyunion")
+CONVERTED_ENTRIES = 200_000     # bound on readdirplus replies kept converted
 
 
 def _translate(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -92,6 +93,20 @@ class FuseOperations(pyfuse3.Operations):
     def __init__(self, fs: fsapi.Filesystem):
         super().__init__()
         self.fs = fs
+        # EntryAttributes built for readdirplus entries, by the Entry they came from: a core
+        # that keeps listings hands out the same Entry objects again (a warm walk).
+        # Keyed by id(); the Entry is kept with the value, so no id is reused while cached.
+        self._converted: dict[int, tuple[fsapi.Entry, pyfuse3.EntryAttributes]] = {}
+
+    def _dir_entry(self, e: fsapi.Entry) -> pyfuse3.EntryAttributes:
+        hit = self._converted.get(id(e))
+        if hit is not None and hit[0] is e:
+            return hit[1]
+        if len(self._converted) >= CONVERTED_ENTRIES:
+            self._converted.clear()
+        attrs = _entry(e)
+        self._converted[id(e)] = (e, attrs)
+        return attrs
 
     def init(self) -> None:
         self.fs.init(PyfuseNotifier())
@@ -194,7 +209,7 @@ class FuseOperations(pyfuse3.Operations):
     async def readdir(self, fh, start_id, token):
         for de in self.fs.readdir(fh, start_id, True):
             assert de.entry is not None
-            if not pyfuse3.readdir_reply(token, de.name, _entry(de.entry), de.offset):
+            if not pyfuse3.readdir_reply(token, de.name, self._dir_entry(de.entry), de.offset):
                 break
             if de.name not in (b".", b".."):
                 self.fs.count_lookup(de.ino)  # readdirplus entries count as lookups

@@ -218,7 +218,7 @@ NAME = "d" * 200
 def _deep_dir(root: Path, total: int) -> Path:
     """Create (through `root`) a chain of 200-byte directories until the path is ~`total`."""
     p = root
-    while len(os.fsencode(str(p / NAME / "x" * 40))) < total:
+    while len(os.fsencode(str(p / NAME))) + 40 < total:
         p = p / NAME
         os.mkdir(p)
     return p
@@ -353,3 +353,65 @@ def test_git_init_add_commit_inside_the_mount(s: Stack) -> None:
         git("commit", "-q", "-m", "second")
         assert git("log", "--format=%s").split() == ["second", "first"]
         git("fsck", "--strict")
+
+
+def test_renamed_merged_dir_keeps_its_upper_subdirs_numbers_to_itself(s: Stack) -> None:
+    """Found by the concurrent stress: renaming a merged directory copied its upper-only
+    subdirectories and deleted the originals, whose disk inodes then came free while the
+    copies still answered with their numbers (origin) - a new object got the same st_ino as a
+    live one, and the kernel mixed the two up (EEXIST, ENOENT, EIO under load)."""
+    (s.l2 / "d").mkdir()
+    (s.l2 / "d/x").write_bytes(b"x")
+    with s.mount() as m:
+        for i in range(5):
+            os.makedirs(m / f"d/s{i}/t")
+        moved = {i: os.stat(m / f"d/s{i}").st_ino for i in range(5)}
+        os.rename(m / "d", m / "e")
+        os.mkdir(m / "new")
+        fresh = set()
+        for i in range(200):
+            (m / f"new/f{i}").touch()
+            os.mkdir(m / f"new/d{i}")
+            fresh |= {os.stat(m / f"new/f{i}").st_ino, os.stat(m / f"new/d{i}").st_ino}
+        for i, ino in moved.items():
+            st = os.stat(m / f"e/s{i}")
+            assert stat.S_ISDIR(st.st_mode) and st.st_ino == ino
+            assert ino not in fresh
+            assert os.listdir(m / f"e/s{i}") == ["t"]
+
+
+def test_open_unlinked_file_keeps_its_own_attributes(s: Stack) -> None:
+    """An editor's pattern: the file is open, its name removed and made again for a new file;
+    fstat through the old descriptor shows the old file, not the new one under its name."""
+    with s.mount() as m:
+        (m / "a").write_bytes(b"old contents")
+        with open(m / "a", "rb") as old:
+            os.unlink(m / "a")
+            (m / "a").write_bytes(b"new")
+            assert os.fstat(old.fileno()).st_size == len(b"old contents")
+            assert old.read() == b"old contents"
+        assert (m / "a").read_bytes() == b"new"
+
+
+def test_deep_lower_hard_links_after_rotation(oracle_base: Path) -> None:
+    """Found by the oracle: hard links deeper than PATH_MAX in a lower (an upper rotated into
+    the lowers) went missing: looking for their peers in the fresh upper named directories
+    that do not exist there, and that error hid the names."""
+    s = Stack(oracle_base, layer_prefix="L" * 200)
+    with s.mount() as m:
+        d = _deep_dir(m, 4000)
+        (d / "f").write_bytes(b"deep")
+        os.link(d / "f", d / "g")
+        rel = d.relative_to(m)
+    up2, work2 = s.up.parent / "up2", s.up.parent / "work2"
+    up2.mkdir()
+    work2.mkdir()
+    with mounted(up2, [s.up, s.l1, s.l2], s.mnt, options=[f"workdir={work2}"]) as m:
+        d = m / rel
+        assert sorted(os.listdir(d)) == ["f", "g"]
+        assert (d / "g").read_bytes() == b"deep"
+        assert os.stat(d / "f").st_nlink == 2
+        os.chmod(d / "f", 0o600)                 # copy-up links the peer in the new upper
+        assert stat.S_IMODE(os.stat(d / "g").st_mode) == 0o600
+        os.unlink(d / "f")
+        assert os.stat(d / "g").st_nlink == 1

@@ -443,7 +443,7 @@ def test_oracle_harness_kernel_against_itself(oracle_base: Path) -> None:
         _report_stats()
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(600 + 10 * _env_int("PYUNION_ORACLE_EXAMPLES", 30))
 def test_oracle_pyunion(oracle_base: Path) -> None:
     try:
         run_state_machine_as_test(_machine(oracle_base, "pyunion"), settings=_settings(30))

@@ -51,8 +51,15 @@ ALLOWED = {
     "mkdir": {0, errno.EEXIST},
     "rmdir": {0, errno.ENOENT, errno.ENOTEMPTY, errno.ENOTDIR},
     "create": {0, errno.EEXIST, errno.EISDIR},
-    "subfile": {0, errno.ENOENT, errno.ENOTDIR, errno.EEXIST},
+    "subfile": {0, errno.ENOENT, errno.ENOTDIR, errno.EEXIST, errno.ELOOP},  # n2 -> n0 -> n0
+    "mksub": {0, errno.ENOENT, errno.ENOTDIR, errno.EEXIST, errno.ELOOP},
+    "rmsub": {0, errno.ENOENT, errno.ENOTDIR, errno.ENOTEMPTY, errno.ELOOP},
+    "unlinksub": {0, errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EISDIR},
+    "own-tree": {0},      # a tree under a name only this worker uses: nothing may fail
 }
+
+# Half the calls churn directories (case 5 of issue 9), the rest fight over the shared names.
+OPS = [*ALLOWED, *["own-tree"] * (len(ALLOWED) - 1)]
 
 L1 = {"d": directory(), "d/n0": file(b"zero"), "d/n1": hardlink("d/n0"), "d/n2": symlink("n0"),
       "d/n5": whiteout()}
@@ -60,10 +67,19 @@ L2 = {"d": directory(), "d/n3": directory(), "d/n3/x": file(b"x"), "d/n4": fifo(
       "d/n5": file(b"hidden")}
 
 
-def _call(d: str, op: str, rng: random.Random) -> int:
+def _call(d: str, op: str, rng: random.Random, own: str) -> tuple[int, str]:
+    """(errno or 0, what failed)."""
     a, b = (os.path.join(d, rng.choice(NAMES)) for _ in range(2))
     try:
-        if op == "link":
+        if op == "own-tree":
+            # Made and removed again and again, the disk reuses the directories' inode numbers.
+            os.makedirs(os.path.join(d, own, "sub", "deep"))
+            with open(os.path.join(d, own, "sub", "deep", "f"), "wb") as f:
+                f.write(b"x")
+            shutil.rmtree(os.path.join(d, own))
+            if own in os.listdir(d):
+                return errno.ESTALE, "a listing shows what is gone"
+        elif op == "link":
             os.link(a, b, follow_symlinks=False)
         elif op == "unlink":
             os.unlink(a)
@@ -75,11 +91,17 @@ def _call(d: str, op: str, rng: random.Random) -> int:
             os.rmdir(a)
         elif op == "create":
             os.close(os.open(a, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        elif op == "mksub":
+            os.mkdir(os.path.join(a, "s"))
+        elif op == "rmsub":
+            os.rmdir(os.path.join(a, "s"))
+        elif op == "unlinksub":
+            os.unlink(os.path.join(a, "f"))
         else:
             os.close(os.open(os.path.join(a, "f"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
     except OSError as e:
-        return e.errno or -1
-    return 0
+        return e.errno or -1, f"{e.strerror}: {e.filename}"
+    return 0, ""
 
 
 def _oci_to_kernel(src: Path, dst: Path) -> None:
@@ -116,11 +138,11 @@ def test_concurrent_names_in_one_directory(oracle_base: Path) -> None:
 
         def worker(seed: int) -> None:
             rng = random.Random(seed)
-            for _ in range(150):
-                op = rng.choice(list(ALLOWED))
-                e = _call(d, op, rng)
+            for i in range(400):
+                op = rng.choice(OPS)
+                e, what = _call(d, op, rng, f"w{seed}_{i}")
                 if e not in ALLOWED[op]:
-                    bad.append(f"{op}: {errno.errorcode.get(e, e)}")
+                    bad.append(f"{op}: {errno.errorcode.get(e, e)} ({what})")
 
         threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(4)]
         for t in threads:

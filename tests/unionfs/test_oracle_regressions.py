@@ -17,7 +17,9 @@ import pytest
 from tests.unionfs.oracle_support import (
     OracleRun,
     Tree,
+    chardev,
     directory,
+    fifo,
     file,
     hardlink,
     symlink,
@@ -156,3 +158,50 @@ def test_scenario_owners_and_setid_bits(oracle_base: Path, subject: str) -> None
         run.do("chmod", "f", 0o6755)
         run.do("append", "f", b"+")
         run.remount()
+
+
+@pytest.mark.parametrize("subject", SUBJECTS)
+def test_ring_of_renames_then_uppers_rotated_into_the_lowers(oracle_base: Path,
+                                                             subject: str) -> None:
+    """Issue 9, case 4: names linked to lower files, renamed around a ring (each into the gap
+    the previous rename left), then the upper becomes the top lower under a fresh upper:
+    every name reads right and can be unlinked, the partner's st_nlink dropping to 1."""
+    l1 = {"a": file(b"a"), "b": file(b"b"), "c": file(b"c")}
+    with oracle(oracle_base, l1, {}, subject=subject) as run:
+        for n in "abc":
+            run.do("link", n, f"r{n}")
+        run.do("rename", "ra", "gap", 0)
+        run.do("rename", "rb", "ra", 0)
+        run.do("rename", "rc", "rb", 0)
+        run.do("rename", "gap", "rc", 0)
+        run.rotate()
+        for n in ("b", "ra", "c", "rb", "a", "rc"):
+            run.do("unlink", n)
+        run.remount()
+
+
+@pytest.mark.parametrize("subject", SUBJECTS)
+def test_hard_link_names_of_every_type(oracle_base: Path, subject: str) -> None:
+    """Issue 9, cases 1-2 in oracle form: link, unlink, re-link after delete and rename among
+    the names of lower and upper objects of every type, checked after every step."""
+    l1 = {"f": file(b"f"), "s": symlink("f"), "p": fifo(), "c": chardev()}
+    with oracle(oracle_base, l1, {}, subject=subject) as run:
+        run.do("create", "u", b"upper")
+        run.do("mkfifo", "up")
+        for n in ("f", "s", "p", "c", "u", "up"):
+            run.do("link", n, f"{n}2")
+            run.do("unlink", n)
+            run.do("link", f"{n}2", n)
+            run.do("rename", f"{n}2", f"{n}3", 0)
+            run.do("unlink", n)
+        run.remount()
+
+
+def test_long_name_errors_come_in_the_vfs_order(oracle_base: Path) -> None:
+    """Found by the oracle's 500-example run: a rename whose source is missing says ENOENT
+    before the new name (255 bytes) is ever looked up; the harness expected ENAMETOOLONG."""
+    with oracle(oracle_base, {"a": file(b"a"), "c": directory()}, {}) as run:
+        run.do("rename", "a/c", "c/" + "a" * 255, 0)
+        run.do("rename", "c", "c/" + "a" * 252, 0)
+        run.do("mkdir", "x/" + "a" * 253, 0o755)
+        run.do("link", "a", "c/" + "a" * 254)
