@@ -232,3 +232,24 @@ def test_listing_then_lstat_of_a_big_directory_needs_no_lookup_per_name(serve_wi
     for n in names:
         os.lstat(s.mnt / n)
     assert len(looked) == 0
+
+
+def test_statx_for_more_than_the_basic_stats(serve_with):
+    """statx asking for the birth time makes the kernel send FUSE_STATX (6.6+); the reply
+    carries the basic stats, without a birth time."""
+    from unionfs.transport import proto
+    s = serve_with()
+    (s.src / "f").write_bytes(b"12345")
+    sent: list[int] = []
+    plain = s.session.handlers[proto.STATX]
+
+    def statx(*args):
+        sent.append(1)
+        return plain(*args)
+
+    s.session.handlers[proto.STATX] = statx
+    out = subprocess.run(["stat", "-c", "%w|%s|%i|%a", str(s.mnt / "f")], capture_output=True,
+                         text=True, check=True, timeout=30).stdout.strip()
+    st = os.stat(s.src / "f")
+    assert out == f"-|5|{st.st_ino}|{stat.S_IMODE(st.st_mode):o}"
+    assert sent, "the kernel sent no FUSE_STATX"
