@@ -15,7 +15,8 @@ _ACTIVE: dict[str, list[str]] = {}  # target -> preferred unmount argv
 
 
 def _mountinfo() -> list[list[str]]:
-    with open("/proc/self/mountinfo") as f:
+    # mount points are bytes: someone else's non-UTF-8 mount point must not end the run
+    with open("/proc/self/mountinfo", errors="surrogateescape") as f:
         return [line.split() for line in f]
 
 
