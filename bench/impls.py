@@ -173,6 +173,7 @@ class UnionfsFuse(Impl):
 class Pyunion(Impl):
     name, label, dialect = "pyunion", "pyunion", "oci"
     options = "-o workdir=W UPPER:TOP:BASE (defaults)"
+    extra: tuple[str, ...] = ()      # more -o options: the backend variants below
 
     def unavailable(self) -> str | None:
         r = subprocess.run(
@@ -200,7 +201,7 @@ class Pyunion(Impl):
             "unionfs",
             "mount",
             "-o",
-            f"workdir={lay.work}",
+            ",".join((f"workdir={lay.work}", *self.extra)),
             ":".join((lay.upper, *lay.lowers)),
             lay.target,
         ]
@@ -209,5 +210,33 @@ class Pyunion(Impl):
         return [PYTHON, "-m", "unionfs", "umount", target]
 
 
-ALL: list[Impl] = [Native(), KernelOverlay(), FuseOverlayfs(), UnionfsFuse(), Pyunion()]
+class PyunionKernel(Pyunion):
+    """Our own FUSE transport (unionfs/transport), with passthrough where the kernel allows."""
+
+    name, label = "pyunion-kernel", "pyunion (own transport, passthrough)"
+    options = "-o workdir=W,backend=kernel UPPER:TOP:BASE"
+    extra = ("backend=kernel",)
+
+
+class PyunionKernelAll(Pyunion):
+    name, label = "pyunion-kernel-all", "pyunion (own transport, passthrough of lower files too)"
+    options = "-o workdir=W,backend=kernel,passthrough=all UPPER:TOP:BASE"
+    extra = ("backend=kernel", "passthrough=all")
+
+
+class PyunionKernelNoPassthrough(Pyunion):
+    name, label = "pyunion-kernel-nopt", "pyunion (own transport, no passthrough)"
+    options = "-o workdir=W,backend=kernel,passthrough=off UPPER:TOP:BASE"
+    extra = ("backend=kernel", "passthrough=off")
+
+
+class PyunionPyfuse3(Pyunion):
+    name, label = "pyunion-pyfuse3", "pyunion (pyfuse3 backend)"
+    options = "-o workdir=W,backend=pyfuse3 UPPER:TOP:BASE"
+    extra = ("backend=pyfuse3",)
+
+
+ALL: list[Impl] = [Native(), KernelOverlay(), FuseOverlayfs(), UnionfsFuse(), Pyunion(),
+                   PyunionKernel(), PyunionKernelAll(), PyunionKernelNoPassthrough(),
+                   PyunionPyfuse3()]
 BY_NAME = {i.name: i for i in ALL}

@@ -19,7 +19,7 @@ if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
 stamp=".venv/.pyunion-installed"
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[test,bench,containerd]' >/dev/null 2>.venv/pip.log \
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test,bench,containerd,pyfuse3]' >/dev/null 2>.venv/pip.log \
     || { cat .venv/pip.log >&2; echo "setup: pip install failed" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 
 from unionfs import fsapi, libc
-from unionfs.inodes import Node
+from unionfs.inodes import UPPER, Node
 from unionfs.layers import NAME_MAX
 from unionfs.union import Union
 
@@ -44,8 +44,12 @@ class UnionFilesystem:
 
     thread_safe = False
 
-    def __init__(self, union: Union, timeout: float = 300.0):
+    def __init__(self, union: Union, timeout: float = 300.0, passthrough_lower: bool = False):
+        """`passthrough_lower`: offer lower files opened read-only for FUSE passthrough too
+        (kernel-speed reads of image layers; a writer that copies such a file up while the
+        reader holds it gets ETXTBSY, and the reader keeps the lower data)."""
         self.u = union
+        self.passthrough_lower = passthrough_lower
         self.attr_timeout = timeout
         self.entry_timeout = timeout
         self.notifier: fsapi.Notifier | None = None
@@ -150,14 +154,20 @@ class UnionFilesystem:
     # -- files
     def open(self, ino: int, flags: int, ctx: fsapi.Ctx) -> fsapi.Opened:
         fd = self.u.open(self._node(ino), flags)
-        return fsapi.Opened(fd, keep_cache=True)
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):
+            self.u.mutations += 1   # passthrough writes never reach write(): age listings here
+        # By default only an upper file backs a handle for passthrough: a lower file can be
+        # copied up while the handle is open, and the kernel binds an inode to one backing file.
+        upper = self.u.handles[fd].layer == UPPER
+        backing = fd if upper or self.passthrough_lower else None
+        return fsapi.Opened(fd, keep_cache=True, backing_fd=backing)
 
     def create(self, parent: int, name: bytes, mode: int, flags: int, ctx: fsapi.Ctx
                ) -> tuple[fsapi.Entry, fsapi.Opened]:
         node, st, fd = self.u.create(self._node(parent), _name(name), mode, flags, ctx.uid,
                                      ctx.gid)
         self.u.register(fd, node)
-        return self._entry(node, st), fsapi.Opened(fd, keep_cache=True)
+        return self._entry(node, st), fsapi.Opened(fd, keep_cache=True, backing_fd=fd)
 
     def read(self, fh: int, offset: int, size: int) -> bytes:
         return os.pread(self.u.fd_for_read(fh), size, offset)
@@ -173,6 +183,9 @@ class UnionFilesystem:
         return h.fd
 
     def release(self, fh: int) -> None:
+        h = self.u.handles.get(fh)
+        if h is not None and h.layer == UPPER:
+            self.u.mutations += 1   # its writes may have bypassed write() (passthrough)
         self.u.release(fh)
 
     def fsync(self, fh: int, datasync: bool) -> None:
@@ -207,7 +220,9 @@ class UnionFilesystem:
         self._next_dir += 1
         self._dirs[fh] = _Stream(node, entries, replies, m)
         node.open_count += 1
-        return fsapi.Opened(fh)
+        # Every change of a listing comes through the mount, and the kernel drops its cached
+        # listing of a directory on each such change (fuse_dir_changed) or when notified.
+        return fsapi.Opened(fh, keep_cache=True, cache_dir=True)
 
     def readdir(self, fh: int, offset: int, plus: bool) -> Iterator[fsapi.DirEntry]:
         d = self._dirs.get(fh)

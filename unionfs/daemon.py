@@ -17,22 +17,25 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 
-import pyfuse3
-import trio
-
 from unionfs.core import UnionFilesystem
-from unionfs.operations import FuseOperations
 from unionfs.options import MountConfig
 from unionfs.ownership import IdMap
 from unionfs.registry import forget_daemon, pid_file, record_daemon
-from unionfs.serving import STOP_SIGNALS, direct_wait, fuse_fd
 from unionfs.union import Union
+
+DEFAULT_BACKEND = "kernel"
 
 log = logging.getLogger("pyunion")
 
 
+def backend(cfg: MountConfig) -> str:
+    """Which FUSE transport serves the mount: -o backend=, else $PYUNION_BACKEND, else the
+    default (docs/transport.md)."""
+    return cfg.backend or os.environ.get("PYUNION_BACKEND") or DEFAULT_BACKEND
+
+
 def fuse_options(cfg: MountConfig) -> set[str]:
-    opts = set(pyfuse3.default_options) | {"fsname=pyunion", "subtype=pyunion"}
+    opts = {"default_permissions", "fsname=pyunion", "subtype=pyunion"}
     if os.geteuid() == 0:
         # Containers and other users must see the real permissions, checked by the kernel.
         opts |= {"allow_other", "default_permissions"}
@@ -44,9 +47,13 @@ def fuse_options(cfg: MountConfig) -> set[str]:
 
 
 async def _serve() -> None:
-    """One worker; the wait per request is a plain poll (unionfs/serving.py).
+    """pyfuse3: one worker; the wait per request is a plain poll (unionfs/serving.py).
 
     PYUNION_WAIT=trio keeps pyfuse3's own wait (for comparing the two with bench/)."""
+    import pyfuse3
+    import trio
+
+    from unionfs.serving import STOP_SIGNALS, direct_wait, fuse_fd
     fd = None
     if os.environ.get("PYUNION_WAIT") != "trio":
         try:
@@ -118,19 +125,18 @@ def _reason(text: str) -> str:
 def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
     """Mount and serve until unmounted or signalled; report readiness on ready_fd."""
     raise_fd_limit()
-    try:
-        union = Union(cfg.upper, cfg.lowers, cfg.workdir, fsync=cfg.fsync, override=cfg.override,
-                      uidmap=IdMap.parse(cfg.uidmapping) if cfg.uidmapping else None,
-                      gidmap=IdMap.parse(cfg.gidmapping) if cfg.gidmapping else None)
-        ops = FuseOperations(UnionFilesystem(union, timeout=cfg.timeout))
-        record = pid_file(cfg.target)
-        with _stderr_captured() as said:
-            try:
-                pyfuse3.init(ops, cfg.target, fuse_options(cfg))
-            except RuntimeError as e:
-                # libfuse says only "fuse_session_mount failed"; fusermount3 said why.
-                raise RuntimeError(_reason(said()) or str(e)) from None
-    except Exception as e:  # noqa: BLE001 - one line to the waiting parent, whatever went wrong
+    record = pid_file(cfg.target)
+
+    def report_ready(*_: object) -> None:
+        warning = record_daemon(record, cfg.target,
+                                [x for x in (cfg.upper, *cfg.lowers, cfg.workdir) if x])
+        if warning:
+            log.warning("%s", warning)
+        if ready_fd is not None:
+            os.write(ready_fd, f"ok {os.getpid()}\n".encode())
+            os.close(ready_fd)
+
+    def report_error(e: BaseException) -> int:
         msg = f"cannot mount {cfg.target}: {e}"
         if ready_fd is not None:
             os.write(ready_fd, ("error: " + msg.replace("\n", " ") + "\n").encode())
@@ -138,13 +144,68 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
         else:
             print(f"pyunion: {msg}", file=sys.stderr)
         return 1
-    warning = record_daemon(record, cfg.target,
-                            [x for x in (cfg.upper, *cfg.lowers, cfg.workdir) if x])
-    if warning:
-        log.warning("%s", warning)
-    if ready_fd is not None:
-        os.write(ready_fd, f"ok {os.getpid()}\n".encode())
-        os.close(ready_fd)
+
+    try:
+        union = Union(cfg.upper, cfg.lowers, cfg.workdir, fsync=cfg.fsync, override=cfg.override,
+                      uidmap=IdMap.parse(cfg.uidmapping) if cfg.uidmapping else None,
+                      gidmap=IdMap.parse(cfg.gidmapping) if cfg.gidmapping else None)
+        fs = UnionFilesystem(union, timeout=cfg.timeout, passthrough_lower=cfg.passthrough_lower)
+    except Exception as e:  # noqa: BLE001 - one line to the waiting parent, whatever went wrong
+        return report_error(e)
+    if backend(cfg) == "kernel":
+        return _serve_kernel(cfg, fs, record, report_ready, report_error)
+    return _serve_pyfuse3(cfg, fs, record, report_ready, report_error)
+
+
+def _serve_kernel(cfg, fs, record, report_ready, report_error) -> int:
+    """Our own transport (unionfs/transport): mount(2) or fusermount3, then its loop."""
+    from unionfs import transport
+    started = False
+
+    def ready(session: object) -> None:
+        nonlocal started
+        started = True
+        report_ready()
+
+    def run() -> None:
+        transport.serve(fs, cfg.target, fuse_options(cfg), passthrough=cfg.passthrough,
+                        ready=ready)
+
+    profile_to = os.environ.get("PYUNION_PROFILE")  # a pstats file: where the daemon's time went
+    try:
+        if profile_to:
+            import cProfile
+            cProfile.runctx("run()", globals(), {"run": run}, profile_to)
+        else:
+            run()
+    except Exception as e:
+        if not started:
+            return report_error(e)
+        log.exception("daemon stopped on an error; mount removed")
+    finally:
+        if started:
+            forget_daemon(record)
+    return 0
+
+
+def _serve_pyfuse3(cfg, fs, record, report_ready, report_error) -> int:
+    try:
+        import pyfuse3
+        import trio
+
+        from unionfs.operations import FuseOperations
+    except ImportError as e:
+        return report_error(f"backend=pyfuse3 needs pyfuse3 (pip install 'pyunion[pyfuse3]'): {e}")
+    try:
+        with _stderr_captured() as said:
+            try:
+                pyfuse3.init(FuseOperations(fs), cfg.target, fuse_options(cfg))
+            except RuntimeError as e:
+                # libfuse says only "fuse_session_mount failed"; fusermount3 said why.
+                raise RuntimeError(_reason(said()) or str(e)) from None
+    except Exception as e:  # noqa: BLE001 - one line to the waiting parent, whatever went wrong
+        return report_error(e)
+    report_ready()
     unmounted_cleanly = False
     profile_to = os.environ.get("PYUNION_PROFILE")  # a pstats file: where the daemon's time went
     try:

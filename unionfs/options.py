@@ -56,6 +56,9 @@ class MountConfig:
     created: list[str] = field(default_factory=list)   # directories check() made (work dir)
     fuse_options: set[str] = field(default_factory=set)
     warnings: list[str] = field(default_factory=list)
+    backend: str | None = None       # kernel | pyfuse3; None = $PYUNION_BACKEND or the default
+    passthrough: bool = True         # FUSE passthrough where the kernel allows it (backend=kernel)
+    passthrough_lower: bool = False  # passthrough=all: lower files read-only too (docs/transport.md)
 
     @property
     def readonly(self) -> bool:
@@ -134,6 +137,15 @@ def _apply_option(cfg: MountConfig, item: str, seen: dict[str, str]) -> None:
         if value not in ("0", "1", "2"):
             raise UsageError(f"option xattr_permissions={value!r}: want 0, 1 or 2")
         cfg.override = value != "0"
+    elif key == "backend":
+        if value not in ("kernel", "pyfuse3"):
+            raise UsageError(f"option backend={value!r}: use backend=kernel or backend=pyfuse3")
+        cfg.backend = value
+    elif key == "passthrough":
+        if value not in ("on", "off", "all"):
+            raise UsageError(f"option passthrough={value!r}: use passthrough=on, off or all")
+        cfg.passthrough = value != "off"
+        cfg.passthrough_lower = value == "all"
     elif key == "debug":
         cfg.debug = True
     elif key in FUSE_FLAGS:
