@@ -13,6 +13,7 @@ import pytest
 
 from tests.mounting import is_mounted
 from tests.rootless import skip_reason, unprivileged_user
+from unionfs import mountinfo
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
@@ -87,9 +88,8 @@ def test_rootless_mount_through_fusermount3(daemon):
         with open(f"/proc/{p.pid}/status") as f:
             uid_line = next(x for x in f if x.startswith("Uid:"))
         assert int(uid_line.split()[1]) == user.uid          # the daemon is not root
-        with open("/proc/self/mountinfo") as f:
-            mounts = f.read()
-        assert f" {mnt} " in mounts and "fuse.pyunion" in mounts
+        entry = mountinfo.top_mount(str(mnt))
+        assert entry is not None and entry.fstype == "fuse.pyunion"
         user.run(["fusermount3", "-u", str(mnt)])
         assert p.wait(30) == 0
         assert not is_mounted(mnt)
