@@ -356,6 +356,14 @@ def _num(v: int) -> str:
     return str(v)
 
 
+# linux.resources.cpu key -> cgroup v1 file, in runc's order; True where 0 is a value to write
+# (burst, idle) rather than "not set".
+_V1_CPU = (("shares", "cpu.shares", False), ("period", "cpu.cfs_period_us", False),
+           ("quota", "cpu.cfs_quota_us", False), ("burst", "cpu.cfs_burst_us", True),
+           ("realtimePeriod", "cpu.rt_period_us", False),
+           ("realtimeRuntime", "cpu.rt_runtime_us", False), ("idle", "cpu.idle", True))
+
+
 def v1_writes(r: dict[str, Any], warn: Any = None) -> list[tuple[str, str, str]]:
     """linux.resources -> [(controller, file, value)] for cgroup v1, in runc's order."""
     if r.get("unified"):
@@ -388,20 +396,9 @@ def v1_writes(r: dict[str, Any], warn: Any = None) -> list[tuple[str, str, str]]
     elif mem.get("swappiness") is not None and mem["swappiness"] != -1:
         raise ContainerError(f"invalid memory swappiness {mem['swappiness']}: 0..100")
     cpu = r.get("cpu") or {}
-    if cpu.get("shares"):
-        w.append(("cpu", "cpu.shares", _num(cpu["shares"])))
-    if cpu.get("period"):
-        w.append(("cpu", "cpu.cfs_period_us", _num(cpu["period"])))
-    if cpu.get("quota"):
-        w.append(("cpu", "cpu.cfs_quota_us", _num(cpu["quota"])))
-    if cpu.get("burst") is not None:
-        w.append(("cpu", "cpu.cfs_burst_us", _num(cpu["burst"])))
-    if cpu.get("realtimePeriod"):
-        w.append(("cpu", "cpu.rt_period_us", _num(cpu["realtimePeriod"])))
-    if cpu.get("realtimeRuntime"):
-        w.append(("cpu", "cpu.rt_runtime_us", _num(cpu["realtimeRuntime"])))
-    if cpu.get("idle") is not None:
-        w.append(("cpu", "cpu.idle", _num(cpu["idle"])))
+    for key, name, zero_counts in _V1_CPU:
+        if cpu.get(key) or (zero_counts and cpu.get(key) is not None):
+            w.append(("cpu", name, _num(cpu[key])))
     if cpu.get("cpus"):
         w.append(("cpuset", "cpuset.cpus", cpu["cpus"]))
     if cpu.get("mems"):
