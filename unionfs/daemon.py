@@ -1,15 +1,14 @@
-"""The mount's lifetime: start the FUSE session, serve it under trio, end it cleanly.
+"""The mount's lifetime: start the FUSE session, serve it, end it cleanly.
 
-Run as `python -m unionfs.daemon CONFIG_JSON READY_FD` by `pyunion mount`, which waits on
-READY_FD for "ok" or a one-line error; the daemon never holds the caller's stdout/stderr.
-SIGTERM and SIGINT unmount and exit, like `pyunion umount`.
+Run as `python -m unionfs.daemon CONFIG_JSON READY_FD` by unionfs/mounting.py (start_daemon),
+which waits on READY_FD for "ok PID" or a one-line error; the daemon never holds the caller's
+stdout/stderr. SIGTERM and SIGINT unmount and exit, like `pyunion umount`. `pyunion mount -f`
+calls main() in its own process instead.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import logging
 import os
 import resource
@@ -18,20 +17,13 @@ import tempfile
 from collections.abc import Callable, Iterator
 
 from unionfs.core import UnionFilesystem
+from unionfs.mounting import backend, decode_config
 from unionfs.options import MountConfig
 from unionfs.ownership import IdMap
 from unionfs.registry import forget_daemon, pid_file, record_daemon
 from unionfs.union import Union
 
-DEFAULT_BACKEND = "kernel"
-
 log = logging.getLogger("pyunion")
-
-
-def backend(cfg: MountConfig) -> str:
-    """Which FUSE transport serves the mount: -o backend=, else $PYUNION_BACKEND, else the
-    default (docs/transport.md)."""
-    return cfg.backend or os.environ.get("PYUNION_BACKEND") or DEFAULT_BACKEND
 
 
 def fuse_options(cfg: MountConfig) -> set[str]:
@@ -139,6 +131,7 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
     def report_error(e: BaseException) -> int:
         msg = f"cannot mount {cfg.target}: {e}"
         if ready_fd is not None:
+            log.error("%s", msg)     # the log (-o log=) keeps it too
             os.write(ready_fd, ("error: " + msg.replace("\n", " ") + "\n").encode())
             os.close(ready_fd)
         else:
@@ -225,19 +218,37 @@ def _serve_pyfuse3(cfg, fs, record, report_ready, report_error) -> int:
 
 
 def main(argv: list[str]) -> int:
-    cfg = MountConfig(**json.loads(argv[0]))
-    cfg.fuse_options = set(cfg.fuse_options)
+    """Serve the mount of argv[0] (encode_config's JSON) in this process; readiness on the
+    descriptor argv[1] when given, else errors on stderr (`pyunion mount -f`)."""
+    cfg = decode_config(argv[0])
     ready_fd = int(argv[1]) if len(argv) > 1 else None
     logging.basicConfig(level=logging.DEBUG if cfg.debug else logging.WARNING,
                         format="pyunion[%(process)d] %(levelname)s %(message)s")
     return serve(cfg, ready_fd)
 
 
-def encode_config(cfg: MountConfig) -> str:
-    d = dataclasses.asdict(cfg)
-    d["fuse_options"] = sorted(cfg.fuse_options)
-    return json.dumps(d)
+def detached_main(argv: list[str]) -> int:
+    """`python -m unionfs.daemon CONFIG READY_FD`, started by mounting.start_daemon in a session
+    of its own: fork once (this fresh interpreter has no other thread), so the daemon is
+    re-parented at once and its starter can be waited for; the daemon serves. Whatever goes
+    wrong before the mount is ready reaches the starter as one line on READY_FD."""
+    ready_fd = int(argv[1])
+    if os.fork() != 0:
+        os._exit(0)
+    code = 1
+    try:
+        code = main(argv)
+    except BaseException as e:  # noqa: BLE001 - whatever happens, the process must end here
+        import traceback
+        with contextlib.suppress(OSError):   # closed once the mount was reported ready
+            os.write(ready_fd, f"error: {e}".replace("\n", " ").encode() + b"\n")
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    raise SystemExit(detached_main(sys.argv[1:]))

@@ -251,3 +251,15 @@ def parse_compat_args(args: list[str]) -> MountConfig:
     if spec is None and "lowerdir" not in seen:
         raise UsageError("no lower directory given (-o lowerdir=L1[:L2...])")
     return _finish(cfg, spec, seen)
+
+
+def parse_option_list(options: list[str], target: str) -> MountConfig:
+    """A mount's options as a list, one option per item (a containerd Mount's, or mount(8)'s
+    after splitting): what `-o` takes, without the comma round trip, so a path may hold ','."""
+    cfg = MountConfig(upper=None, lowers=[], target=target)
+    seen: dict[str, str] = {}
+    for item in options:
+        _apply_option(cfg, item, seen)
+    if "lowerdir" not in seen:
+        raise UsageError("no lower directory given (lowerdir=L1[:L2...])")
+    return _finish(cfg, None, seen)
