@@ -373,8 +373,8 @@ def unmount(target: str, lazy: bool = False, timeout: float = 30.0) -> list[str]
     return warnings
 
 
-def _wait_for_daemon(target: str, daemon: tuple[int, int | None], dev: str, conn: str,
-                     lazy: bool, timeout: float) -> list[str]:
+def _wait_for_daemon(target: str, daemon: tuple[int, int | None], dev: tuple[int, int],
+                     conn: str, lazy: bool, timeout: float) -> list[str]:
     """After the unmount: wait for DAEMON to exit, saying at once why it cannot when it cannot."""
     pid, start = daemon
     warnings: list[str] = []
