@@ -534,8 +534,8 @@ def store_owns_mount(root: str | Path, target: str | Path) -> bool:
         return False
     if entry.fstype.startswith("fuse"):
         rec = daemon_record(entry.mountpoint)
-        layers = (rec or {}).get("layers") or []
-        return bool(layers) and all(isinstance(x, str) and _within_store(x, snapshots_dir)
+        layers = (rec or {}).get("layers")
+        return isinstance(layers, list) and bool(layers) and all(isinstance(x, str) and _within_store(x, snapshots_dir)
                                     for x in layers)
     # A bind mount: its root, in the terms of its filesystem, lies below the store's directory.
     real = os.path.realpath(snapshots_dir)

@@ -13,7 +13,6 @@ import logging
 import os
 import resource
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 
 from unionfs.core import UnionFilesystem
@@ -85,6 +84,7 @@ def raise_fd_limit() -> int:
 def _stderr_captured() -> Iterator[Callable[[], str]]:
     """Collect what is written to fd 2 (by libfuse and the fusermount3 it runs) meanwhile;
     it is passed on to the real stderr (the log) afterwards."""
+    import tempfile
     with tempfile.TemporaryFile() as tmp:
         saved = os.dup(2)
         os.dup2(tmp.fileno(), 2)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -42,7 +41,7 @@ from unionfs.mountinfo import (
     top_mount,
 )
 from unionfs.options import MountConfig
-from unionfs.registry import find_daemon, pid_file
+from unionfs.registry import find_daemon, forget_record
 
 
 class MountError(Exception):
@@ -199,6 +198,7 @@ def undo_created(made: list[str]) -> None:
     """Remove the directories a refused mount made (outermost first in MADE: it did not exist
     before this command, so all it holds is this mount attempt's, e.g. the union's work/)."""
     if made:
+        import shutil  # not on the path of a mount that works
         shutil.rmtree(made[0], ignore_errors=True)
 
 
@@ -369,7 +369,7 @@ def unmount(target: str, lazy: bool = False, timeout: float = 30.0) -> list[str]
             raise UnmountError(_elsewhere(target, elsewhere[0], "its daemon"))
     else:
         warnings = _wait_for_daemon(target, daemon, entry.dev, conn, lazy, timeout)
-    pid_file(rtarget).unlink(missing_ok=True)
+    forget_record(rtarget)
     return warnings
 
 
