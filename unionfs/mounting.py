@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import select
 import subprocess
 import sys
 import time
@@ -378,9 +379,25 @@ def _wait_for_daemon(target: str, daemon: tuple[int, int | None], dev: tuple[int
     """After the unmount: wait for DAEMON to exit, saying at once why it cannot when it cannot."""
     pid, start = daemon
     warnings: list[str] = []
+    try:    # readable once the daemon has exited: woken at once, not by a sleep's granularity
+        pidfd: int | None = os.pidfd_open(pid)
+    except OSError:
+        pidfd = None
+    try:
+        return _wait_exit(target, pid, start, pidfd, dev, conn, lazy, timeout, warnings)
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _wait_exit(target: str, pid: int, start: int | None, pidfd: int | None,
+               dev: tuple[int, int], conn: str, lazy: bool, timeout: float,
+               warnings: list[str]) -> list[str]:
     deadline = time.monotonic() + timeout
     stopped_since = held_since = None
-    next_look = 0.0
+    # Other namespaces' mount tables (every process's mountinfo) are read only when the daemon
+    # has not exited by itself at once, as it usually does.
+    next_look = time.monotonic() + 0.1
     while procs.alive(pid, start) and time.monotonic() < deadline:
         now = time.monotonic()
         if procs.state(pid) in ("T", "t"):
@@ -399,7 +416,10 @@ def _wait_for_daemon(target: str, daemon: tuple[int, int | None], dev: tuple[int
             warnings.append(f"detached {target}; daemon {pid} keeps serving what still "
                             "uses it and exits when that is done")
             break
-        time.sleep(0.01)
+        if pidfd is None:
+            time.sleep(0.01)
+        else:
+            select.select([pidfd], [], [], 0.05)
     state = procs.state(pid) if procs.alive(pid, start) else None
     if state in ("T", "t"):
         if abort_connection(conn):      # False: the connection is gone (or not ours)
