@@ -430,4 +430,15 @@ def _wait_exit(target: str, pid: int, start: int | None, pidfd: int | None,
                             f"continued (kill -CONT {pid})")
     elif state is not None and not warnings:
         raise UnmountError(f"daemon {pid} did not exit within {timeout:.0f}s after unmount")
+    if state is None:
+        _reap(pid)
     return warnings
+
+
+def _reap(pid: int) -> None:
+    """A caller that is a child subreaper (`pyunion run` once its container started) inherits
+    the daemon when the daemon's first process leaves: collect its exit, if it is ours."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass

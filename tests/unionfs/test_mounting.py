@@ -5,6 +5,8 @@ safe), and a failed start that leaves nothing behind."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -163,3 +165,29 @@ def test_log_file_gets_the_daemons_output(layers: Path) -> None:
     with pytest.raises(mounting.DaemonStartError):
         mounting.mount(cfg)
     assert "cannot mount" in log.read_text()
+
+
+SUBREAPER_SCRIPT = """
+import ctypes, os, sys
+from unionfs import mounting
+from unionfs.options import MountConfig
+libc = ctypes.CDLL("libc.so.6", use_errno=True)
+assert libc.prctl(36, 1, 0, 0, 0) == 0          # PR_SET_CHILD_SUBREAPER
+u, l, t = sys.argv[1:4]
+m = mounting.mount(MountConfig(upper=u, lowers=[l], target=t))
+kids = open(f"/proc/self/task/{os.getpid()}/children").read().split()
+assert kids == [str(m.pid)], kids               # the daemon was re-parented to us
+assert m.unmount() == []
+kids = open(f"/proc/self/task/{os.getpid()}/children").read().split()
+assert kids == [], kids                         # and its exit was collected: no zombie
+print("ok")
+"""
+
+
+def test_a_subreaper_caller_is_left_no_zombie(layers: Path) -> None:
+    """`pyunion run` is a child subreaper once its container runs: a daemon re-parented to such
+    a caller is reaped by unmount, not left a zombie of it."""
+    s = layers
+    r = subprocess.run([sys.executable, "-c", SUBREAPER_SCRIPT, str(s / "u"), str(s / "l"),
+                        str(s / "mnt")], capture_output=True, text=True, timeout=120, check=False)
+    assert (r.returncode, r.stdout) == (0, "ok\n"), r.stderr
