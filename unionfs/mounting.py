@@ -276,12 +276,24 @@ def start_daemon(cfg: MountConfig) -> int:
             os.close(out)
     with os.fdopen(r, "rb") as f:
         line = f.readline()   # EOF without a line: the daemon ended before it was ready
-    proc.wait()               # the first process: it leaves as soon as the daemon is forked
-    text = line.decode(errors="replace").strip()
-    if text.startswith("ok "):
-        return int(text.split()[1])
+        proc.wait()           # the first process: it leaves as soon as the daemon is forked
+        text = line.decode(errors="replace").strip()
+        if text.startswith("ok "):
+            return int(text.split()[1])
+        _wait_for_eof(f.fileno(), EXIT_WAIT_S)   # the daemon is gone when we say it failed
     raise DaemonStartError(text.removeprefix("error: ")
                            or "daemon exited before the mount was ready")
+
+
+EXIT_WAIT_S = 10.0   # a daemon that reported an error exits at once; the bound is for safety
+
+
+def _wait_for_eof(fd: int, timeout: float) -> None:
+    """Until every holder of the pipe's other end has closed it (the daemon, at its exit)."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        if select.select([fd], [], [], left)[0] and not os.read(fd, 4096):
+            return
 
 
 def mount(cfg: MountConfig) -> MountedUnion:
