@@ -14,10 +14,10 @@ import os
 import resource
 import sys
 from collections.abc import Callable, Iterator
+from typing import NoReturn
 
 from unionfs.core import UnionFilesystem
-from unionfs.mounting import backend, decode_config
-from unionfs.options import MountConfig
+from unionfs.options import MountConfig, backend, decode_config
 from unionfs.ownership import IdMap
 from unionfs.registry import forget_daemon, pid_file, record_daemon
 from unionfs.union import Union
@@ -227,28 +227,38 @@ def main(argv: list[str]) -> int:
     return serve(cfg, ready_fd)
 
 
-def detached_main(argv: list[str]) -> int:
-    """`python -m unionfs.daemon CONFIG READY_FD`, started by mounting.start_daemon in a session
-    of its own: fork once (this fresh interpreter has no other thread), so the daemon is
-    re-parented at once and its starter can be waited for; the daemon serves. Whatever goes
-    wrong before the mount is ready reaches the starter as one line on READY_FD."""
-    ready_fd = int(argv[1])
-    if os.fork() != 0:
-        os._exit(0)
+def serve_detached(cfg: MountConfig | str, ready_fd: int) -> NoReturn:
+    """The daemon's side of mounting.start_daemon, spawned or forked: serve CFG (a MountConfig
+    or encode_config's JSON) and end the process here. Whatever goes wrong before the mount is
+    ready reaches the starter as one line on READY_FD."""
     code = 1
     try:
-        code = main(argv)
+        if isinstance(cfg, str):
+            cfg = decode_config(cfg)
+        logging.basicConfig(level=logging.DEBUG if cfg.debug else logging.WARNING,
+                            format="pyunion[%(process)d] %(levelname)s %(message)s")
+        code = serve(cfg, ready_fd)
     except BaseException as e:  # noqa: BLE001 - whatever happens, the process must end here
         import traceback
         with contextlib.suppress(OSError):   # closed once the mount was reported ready
             os.write(ready_fd, f"error: {e}".replace("\n", " ").encode() + b"\n")
         traceback.print_exc()
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
         os._exit(code)
-    return code
+
+
+def detached_main(argv: list[str]) -> NoReturn:
+    """`python -m unionfs.daemon CONFIG READY_FD`, spawned by mounting.start_daemon in a session
+    of its own: fork once (this fresh interpreter has no other thread), so the daemon is
+    re-parented at once and its starter can be waited for; the daemon serves."""
+    ready_fd = int(argv[1])
+    if os.fork() != 0:
+        os._exit(0)
+    serve_detached(argv[0], ready_fd)
 
 
 if __name__ == "__main__":
-    raise SystemExit(detached_main(sys.argv[1:]))
+    detached_main(sys.argv[1:])

@@ -36,7 +36,7 @@ def _mount(cfg: MountConfig) -> int:
     try:
         if cfg.foreground:
             return _mount_foreground(cfg)
-        mount(cfg)
+        mount(cfg, fork=True)   # this command is one thread and exits next: fork is safe
     except MountError as e:
         return _fail(str(e))
     return 0
@@ -45,7 +45,8 @@ def _mount(cfg: MountConfig) -> int:
 def _mount_foreground(cfg: MountConfig) -> int:
     """`-f`: serve in this process until unmounted (errors on stderr, not over a pipe)."""
     from unionfs.daemon import main as daemon_main
-    from unionfs.mounting import check, encode_config, undo_created
+    from unionfs.mounting import check, undo_created
+    from unionfs.options import encode_config
     cfg = check(cfg)
     code = daemon_main([encode_config(cfg)])
     if code != 0:
