@@ -575,11 +575,12 @@ def union_config(m: Mount, target: str | Path) -> MountConfig:
         raise InvalidArgument(f"{m.type} mount: {e}") from None
 
 
-def mount_snapshot(mounts: list[Mount], target: Path) -> None:
+def mount_snapshot(mounts: list[Mount], target: Path, *, fork: bool = False) -> None:
     """Mount what `prepare`/`view`/`mounts` returned on `target`; returns once it is ready.
 
     A union mount is started in-process through unionfs/mounting.py (a daemon of its own,
-    spawned; safe from the gRPC server's threads); a bind mount through mount(8)."""
+    spawned, so safe from the gRPC server's threads; fork=True lets a one-thread caller fork it
+    instead, see mounting.start_daemon); a bind mount through mount(8)."""
     if len(mounts) != 1:
         raise InvalidArgument(f"expected exactly one mount, got {len(mounts)}")
     m = mounts[0]
@@ -596,7 +597,7 @@ def mount_snapshot(mounts: list[Mount], target: Path) -> None:
     elif m.type in (MOUNT_TYPE, "fuse.pyunion", "pyunion"):
         cfg = union_config(m, target)
         try:
-            mounting.mount(cfg)
+            mounting.mount(cfg, fork=fork)
         except mounting.BadMountConfig as e:
             raise InvalidArgument(f"cannot mount {target}: {e}") from None
         except mounting.MountError as e:
