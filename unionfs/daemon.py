@@ -23,6 +23,7 @@ from unionfs.registry import forget_daemon, pid_file, record_daemon
 from unionfs.union import Union
 
 log = logging.getLogger("pyunion")
+_reported: list[int] = []   # ready descriptors answered and closed (their numbers may be reused)
 
 
 def fuse_options(cfg: MountConfig) -> set[str]:
@@ -127,6 +128,7 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
         if ready_fd is not None:
             os.write(ready_fd, f"ok {os.getpid()}\n".encode())
             os.close(ready_fd)
+            _reported.append(ready_fd)
 
     def report_error(e: BaseException) -> int:
         msg = f"cannot mount {cfg.target}: {e}"
@@ -134,6 +136,7 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
             log.error("%s", msg)     # the log (-o log=) keeps it too
             os.write(ready_fd, ("error: " + msg.replace("\n", " ") + "\n").encode())
             os.close(ready_fd)
+            _reported.append(ready_fd)
         else:
             print(f"pyunion: {msg}", file=sys.stderr)
         return 1
@@ -240,8 +243,9 @@ def serve_detached(cfg: MountConfig | str, ready_fd: int) -> NoReturn:
         code = serve(cfg, ready_fd)
     except BaseException as e:  # noqa: BLE001 - whatever happens, the process must end here
         import traceback
-        with contextlib.suppress(OSError):   # closed once the mount was reported ready
-            os.write(ready_fd, f"error: {e}".replace("\n", " ").encode() + b"\n")
+        if ready_fd not in _reported:
+            with contextlib.suppress(OSError):
+                os.write(ready_fd, f"error: {e}".replace("\n", " ").encode() + b"\n")
         traceback.print_exc()
     finally:
         with contextlib.suppress(Exception):

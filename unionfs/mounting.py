@@ -229,8 +229,8 @@ def start_daemon(cfg: MountConfig, *, fork: bool = False) -> int:
     """Start the daemon serving CFG (checked) and return its pid once the mount serves; raise
     DaemonStartError with its one-line reason otherwise (then no daemon is left running).
 
-    Safe from any thread of any process: the caller is not forked (subprocess spawns a new
-    interpreter), and the daemon never holds the caller's stdio: its stdout and stderr go to
+    By default safe from any thread of any process: the caller is not forked (subprocess spawns
+    a new interpreter). The daemon never holds the caller's stdio: its stdout and stderr go to
     CFG.log, else /dev/null.
 
     fork=True is for a caller that is one thread and about to exit (the `pyunion mount`
