@@ -124,7 +124,7 @@ def run(a: argparse.Namespace) -> int:
         try:
             rootfs.mkdir()
             try:
-                mount_snapshot(mounts, rootfs)
+                mount_snapshot(mounts, rootfs, fork=True)   # one thread: no interpreter start
                 config = conversion.convert(
                     rec.config, args=a.cmd or None, env=_expand_env(a.env), cwd=a.workdir,
                     user=a.user, hostname=a.hostname or cid[:12],

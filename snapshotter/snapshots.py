@@ -17,7 +17,6 @@ import os
 import re
 import stat
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,7 +33,9 @@ from snapshotter.errors import (
     SnapshotterError,
 )
 from snapshotter.store import MetaStore, Row, Tx, from_micros, now_micros
+from unionfs import mounting
 from unionfs.mountinfo import mount_point_path, mounts, top_mount
+from unionfs.options import MountConfig, UsageError, parse_option_list
 from unionfs.registry import daemon_record
 from unionfs.trees import remove_tree
 
@@ -533,8 +534,8 @@ def store_owns_mount(root: str | Path, target: str | Path) -> bool:
         return False
     if entry.fstype.startswith("fuse"):
         rec = daemon_record(entry.mountpoint)
-        layers = (rec or {}).get("layers") or []
-        return bool(layers) and all(isinstance(x, str) and _within_store(x, snapshots_dir)
+        layers = (rec or {}).get("layers")
+        return isinstance(layers, list) and bool(layers) and all(isinstance(x, str) and _within_store(x, snapshots_dir)
                                     for x in layers)
     # A bind mount: its root, in the terms of its filesystem, lies below the store's directory.
     real = os.path.realpath(snapshots_dir)
@@ -563,28 +564,23 @@ def _run(cmd: list[str]) -> None:
         raise SnapshotterError(f"{' '.join(cmd)}: {msg[-1] if msg else f'exit {r.returncode}'}")
 
 
-def union_command(m: Mount, target: str | Path) -> list[str]:
-    """`python -m unionfs mount` arguments for a fuse3.pyunion Mount (pure)."""
-    opts: dict[str, str] = {}
-    extra: list[str] = []
-    for o in m.options:
-        k, eq, v = o.partition("=")
-        if eq and k in ("lowerdir", "upperdir", "workdir"):
-            opts[k] = v
-        else:
-            extra.append(o)
-    if not opts.get("lowerdir"):
-        raise InvalidArgument(f"{m.type} mount needs a lowerdir option")
-    cmd = [sys.executable, "-m", "unionfs", "mount"]
-    if opts.get("upperdir") and opts.get("workdir"):
-        extra.insert(0, f"workdir={opts['workdir']}")
-    if extra:
-        cmd += ["-o", ",".join(extra)]
-    return cmd + [f"{opts.get('upperdir', '')}:{opts['lowerdir']}", str(target)]
+def union_config(m: Mount, target: str | Path) -> MountConfig:
+    """The union mount a fuse3.pyunion Mount describes, on TARGET (pure).
+
+    Its options are those of `mount -t fuse3.pyunion` (lowerdir=, upperdir=, workdir=, and any
+    other pyunion mount option, e.g. uidmapping=), read one by one by unionfs/options.py."""
+    try:
+        return parse_option_list(list(m.options), str(target))
+    except UsageError as e:
+        raise InvalidArgument(f"{m.type} mount: {e}") from None
 
 
-def mount_snapshot(mounts: list[Mount], target: Path) -> None:
-    """Mount what `prepare`/`view`/`mounts` returned on `target`; returns once it is ready."""
+def mount_snapshot(mounts: list[Mount], target: Path, *, fork: bool = False) -> None:
+    """Mount what `prepare`/`view`/`mounts` returned on `target`; returns once it is ready.
+
+    A union mount is started in-process through unionfs/mounting.py (a daemon of its own,
+    spawned, so safe from the gRPC server's threads; fork=True lets a one-thread caller fork it
+    instead, see mounting.start_daemon); a bind mount through mount(8)."""
     if len(mounts) != 1:
         raise InvalidArgument(f"expected exactly one mount, got {len(mounts)}")
     m = mounts[0]
@@ -599,7 +595,13 @@ def mount_snapshot(mounts: list[Mount], target: Path) -> None:
                 unmount(target)
                 raise
     elif m.type in (MOUNT_TYPE, "fuse.pyunion", "pyunion"):
-        _run(union_command(m, target))
+        cfg = union_config(m, target)
+        try:
+            mounting.mount(cfg, fork=fork)
+        except mounting.BadMountConfig as e:
+            raise InvalidArgument(f"cannot mount {target}: {e}") from None
+        except mounting.MountError as e:
+            raise SnapshotterError(f"cannot mount {target}: {e}") from None
     else:
         raise InvalidArgument(f"unsupported mount type {m.type!r}")
 
@@ -613,9 +615,11 @@ def unmount(target: Path) -> None:
     err: SnapshotterError | None = None
     try:
         if fstype.startswith("fuse"):
-            _run([sys.executable, "-m", "unionfs", "umount", str(target)])
+            mounting.unmount(str(target))
         else:
             _run(["umount", "-R", str(target)])
+    except mounting.MountError as e:
+        err = SnapshotterError(f"cannot unmount {target}: {e}")
     except SnapshotterError as e:
         err = e
     if mount_fstype(target) is not None:

@@ -1,37 +1,29 @@
-"""The mount's lifetime: start the FUSE session, serve it under trio, end it cleanly.
+"""The mount's lifetime: start the FUSE session, serve it, end it cleanly.
 
-Run as `python -m unionfs.daemon CONFIG_JSON READY_FD` by `pyunion mount`, which waits on
-READY_FD for "ok" or a one-line error; the daemon never holds the caller's stdout/stderr.
-SIGTERM and SIGINT unmount and exit, like `pyunion umount`.
+Run as `python -m unionfs.daemon CONFIG_JSON READY_FD` by unionfs/mounting.py (start_daemon),
+which waits on READY_FD for "ok PID" or a one-line error; the daemon never holds the caller's
+stdout/stderr. SIGTERM and SIGINT unmount and exit, like `pyunion umount`. `pyunion mount -f`
+calls main() in its own process instead.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import logging
 import os
 import resource
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
+from typing import NoReturn
 
 from unionfs.core import UnionFilesystem
-from unionfs.options import MountConfig
+from unionfs.options import MountConfig, backend, decode_config
 from unionfs.ownership import IdMap
 from unionfs.registry import forget_daemon, pid_file, record_daemon
 from unionfs.union import Union
 
-DEFAULT_BACKEND = "kernel"
-
 log = logging.getLogger("pyunion")
-
-
-def backend(cfg: MountConfig) -> str:
-    """Which FUSE transport serves the mount: -o backend=, else $PYUNION_BACKEND, else the
-    default (docs/transport.md)."""
-    return cfg.backend or os.environ.get("PYUNION_BACKEND") or DEFAULT_BACKEND
+_reported: list[int] = []   # ready descriptors answered and closed (their numbers may be reused)
 
 
 def fuse_options(cfg: MountConfig) -> set[str]:
@@ -93,6 +85,7 @@ def raise_fd_limit() -> int:
 def _stderr_captured() -> Iterator[Callable[[], str]]:
     """Collect what is written to fd 2 (by libfuse and the fusermount3 it runs) meanwhile;
     it is passed on to the real stderr (the log) afterwards."""
+    import tempfile
     with tempfile.TemporaryFile() as tmp:
         saved = os.dup(2)
         os.dup2(tmp.fileno(), 2)
@@ -135,12 +128,15 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
         if ready_fd is not None:
             os.write(ready_fd, f"ok {os.getpid()}\n".encode())
             os.close(ready_fd)
+            _reported.append(ready_fd)
 
     def report_error(e: BaseException) -> int:
         msg = f"cannot mount {cfg.target}: {e}"
         if ready_fd is not None:
+            log.error("%s", msg)     # the log (-o log=) keeps it too
             os.write(ready_fd, ("error: " + msg.replace("\n", " ") + "\n").encode())
             os.close(ready_fd)
+            _reported.append(ready_fd)
         else:
             print(f"pyunion: {msg}", file=sys.stderr)
         return 1
@@ -225,19 +221,48 @@ def _serve_pyfuse3(cfg, fs, record, report_ready, report_error) -> int:
 
 
 def main(argv: list[str]) -> int:
-    cfg = MountConfig(**json.loads(argv[0]))
-    cfg.fuse_options = set(cfg.fuse_options)
+    """Serve the mount of argv[0] (encode_config's JSON) in this process; readiness on the
+    descriptor argv[1] when given, else errors on stderr (`pyunion mount -f`)."""
+    cfg = decode_config(argv[0])
     ready_fd = int(argv[1]) if len(argv) > 1 else None
     logging.basicConfig(level=logging.DEBUG if cfg.debug else logging.WARNING,
                         format="pyunion[%(process)d] %(levelname)s %(message)s")
     return serve(cfg, ready_fd)
 
 
-def encode_config(cfg: MountConfig) -> str:
-    d = dataclasses.asdict(cfg)
-    d["fuse_options"] = sorted(cfg.fuse_options)
-    return json.dumps(d)
+def serve_detached(cfg: MountConfig | str, ready_fd: int) -> NoReturn:
+    """The daemon's side of mounting.start_daemon, spawned or forked: serve CFG (a MountConfig
+    or encode_config's JSON) and end the process here. Whatever goes wrong before the mount is
+    ready reaches the starter as one line on READY_FD."""
+    code = 1
+    try:
+        if isinstance(cfg, str):
+            cfg = decode_config(cfg)
+        logging.basicConfig(level=logging.DEBUG if cfg.debug else logging.WARNING,
+                            format="pyunion[%(process)d] %(levelname)s %(message)s")
+        code = serve(cfg, ready_fd)
+    except BaseException as e:  # noqa: BLE001 - whatever happens, the process must end here
+        import traceback
+        if ready_fd not in _reported:
+            with contextlib.suppress(OSError):
+                os.write(ready_fd, f"error: {e}".replace("\n", " ").encode() + b"\n")
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def detached_main(argv: list[str]) -> NoReturn:
+    """`python -m unionfs.daemon CONFIG READY_FD`, spawned by mounting.start_daemon in a session
+    of its own: fork once (this fresh interpreter has no other thread), so the daemon is
+    re-parented at once and its starter can be waited for; the daemon serves."""
+    ready_fd = int(argv[1])
+    if os.fork() != 0:
+        os._exit(0)
+    serve_detached(argv[0], ready_fd)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    detached_main(sys.argv[1:])

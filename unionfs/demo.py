@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from unionfs.mount_cli import MountError, check, start_daemon, unmount
+from unionfs.mounting import MountError, check, start_daemon, unmount
 from unionfs.options import MountConfig
 
 

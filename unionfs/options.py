@@ -8,6 +8,8 @@ Three spellings mount the same union:
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -251,3 +253,37 @@ def parse_compat_args(args: list[str]) -> MountConfig:
     if spec is None and "lowerdir" not in seen:
         raise UsageError("no lower directory given (-o lowerdir=L1[:L2...])")
     return _finish(cfg, spec, seen)
+
+
+def parse_option_list(options: list[str], target: str) -> MountConfig:
+    """A mount's options as a list, one option per item (a containerd Mount's, or mount(8)'s
+    after splitting): what `-o` takes, without the comma round trip, so a path may hold ','."""
+    cfg = MountConfig(upper=None, lowers=[], target=target)
+    seen: dict[str, str] = {}
+    for item in options:
+        _apply_option(cfg, item, seen)
+    if "lowerdir" not in seen:
+        raise UsageError("no lower directory given (lowerdir=L1[:L2...])")
+    return _finish(cfg, None, seen)
+
+
+def encode_config(cfg: MountConfig) -> str:
+    """CFG as one JSON argument for `python -m unionfs.daemon` (decode_config reads it back)."""
+    d = dataclasses.asdict(cfg)
+    d["fuse_options"] = sorted(cfg.fuse_options)
+    return json.dumps(d, ensure_ascii=False)   # paths stay findable in /proc/PID/cmdline
+
+
+def decode_config(text: str) -> MountConfig:
+    cfg = MountConfig(**json.loads(text))
+    cfg.fuse_options = set(cfg.fuse_options)
+    return cfg
+
+
+DEFAULT_BACKEND = "kernel"
+
+
+def backend(cfg: MountConfig) -> str:
+    """Which FUSE transport serves the mount: -o backend=, else $PYUNION_BACKEND, else the
+    default (docs/transport.md)."""
+    return cfg.backend or os.environ.get("PYUNION_BACKEND") or DEFAULT_BACKEND

@@ -18,7 +18,7 @@ from tests.badinput import refused
 from tests.runtime import test_run
 from tests.runtime.conftest import needs_busybox, needs_root
 from tests.runtime.test_run import assert_clean, prun, snapshots
-from unionfs import mountinfo
+from unionfs import mountinfo, registry
 
 pytestmark = [needs_root, needs_busybox]
 store = test_run.store     # the module-scoped store holding bb:1
@@ -124,3 +124,50 @@ def test_image_removed_while_its_container_runs_leaves_no_layer(tmp_path):
     assert snapshots(root) == []
     assert sorted(os.listdir(root / "snapshots")) == []
     assert not set(chains) & {n for n, _ in snapshots(root)}
+
+
+def _cmdline(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+
+
+def _descendants(pid: int) -> set[int]:
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        for tid in os.listdir(f"/proc/{p}/task"):
+            try:
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    kids = {int(x) for x in f.read().split()}
+            except OSError:
+                continue
+            todo += list(kids - out)
+            out |= kids
+    return out
+
+
+def test_run_mounts_in_process(store):
+    """`pyunion run` mounts its rootfs through the mount library in its own process: the
+    union's daemon is the run itself forked (it has one thread then), not a `python -m unionfs
+    mount` command, and it is no descendant of the run (re-parented at once, so no zombie waits
+    for the run)."""
+    root, _ = store
+    run = start_run(root, "--rm", "--name", "inproc", "bb:1", "sh", "-c",
+                    "echo ready; exec sleep 600")
+    try:
+        rootfs = str(root / "runtime" / "bundles" / "inproc" / "rootfs")
+        rec = registry.daemon_record(rootfs)
+        assert rec is not None
+        argv = _cmdline(int(rec["pid"]))
+        assert argv == _cmdline(run.pid), argv
+        assert "mount" not in argv[:4]
+        assert int(rec["pid"]) not in _descendants(run.pid)
+        for pid in _descendants(run.pid):
+            assert "unionfs" not in _cmdline(pid)[1:4], _cmdline(pid)
+    finally:
+        os.kill(container_pid(root, "inproc"), signal.SIGKILL)
+        run.wait(60)
+    assert run.returncode != 0
+    assert mounts_under(root) == []
+    assert_clean(root)

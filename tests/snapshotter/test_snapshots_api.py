@@ -29,7 +29,7 @@ from snapshotter.snapshots import (
     Snapshotter,
     filters_match,
     parse_filter,
-    union_command,
+    union_config,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -164,14 +164,26 @@ def test_mount_shapes(sn):
         sn.upper_path("c2")
 
 
-def test_union_command_from_mount():
+def test_union_config_from_mount():
+    """A containerd Mount's options become a MountConfig directly (no command line between):
+    layers, work directory, the read-only form, other pyunion options, and paths with ','."""
     m = Mount("fuse3.pyunion", "pyunion", ["lowerdir=/l1:/l2", "upperdir=/u", "workdir=/w"])
-    assert union_command(m, "/t") == [sys.executable, "-m", "unionfs", "mount", "-o",
-                                      "workdir=/w", "/u:/l1:/l2", "/t"]
-    ro = Mount("fuse3.pyunion", "pyunion", ["lowerdir=/l1:/l2"])
-    assert union_command(ro, "/t")[-2:] == [":/l1:/l2", "/t"]
-    with pytest.raises(InvalidArgument):
-        union_command(Mount("fuse3.pyunion", "pyunion", ["upperdir=/u"]), "/t")
+    cfg = union_config(m, "/t")
+    assert (cfg.upper, cfg.lowers, cfg.workdir, cfg.target) == ("/u", ["/l1", "/l2"], "/w", "/t")
+    assert not cfg.readonly
+    ro = union_config(Mount("fuse3.pyunion", "pyunion", ["lowerdir=/l1:/l2", "ro"]), "/t")
+    assert (ro.upper, ro.lowers, ro.workdir, ro.readonly) == (None, ["/l1", "/l2"], None, True)
+    mapped = union_config(Mount("fuse3.pyunion", "pyunion",
+                                ["lowerdir=/a,b", "upperdir=/u,1", "workdir=/w,1",
+                                 "uidmapping=0:1000:1", "volatile"]), "/t")
+    assert (mapped.lowers, mapped.upper, mapped.uidmapping, mapped.fsync) == \
+        (["/a,b"], "/u,1", "0:1000:1", False)
+    with pytest.raises(InvalidArgument, match="lower directory"):
+        union_config(Mount("fuse3.pyunion", "pyunion", ["upperdir=/u"]), "/t")
+    with pytest.raises(InvalidArgument, match="unknown mount option"):
+        union_config(Mount("fuse3.pyunion", "pyunion", ["lowerdir=/l", "bogus"]), "/t")
+    with pytest.raises(InvalidArgument, match="uidmapping"):
+        union_config(Mount("fuse3.pyunion", "pyunion", ["lowerdir=/l", "uidmapping=x"]), "/t")
 
 
 def test_directory_layout_and_modes(sn):

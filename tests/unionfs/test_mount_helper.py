@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -30,7 +31,7 @@ def test_mount_t_fuse_pyunion(tmp_path):
     try:
         assert r.returncode == 0, r.stderr
         assert is_mounted(mnt)
-        record = pid_file(str(mnt))
+        record = Path(pid_file(str(mnt)))
         assert record.exists()      # written by the daemon itself, as mount.fuse3 records nothing
         assert (mnt / "f").read_text() == "lower"
         os.unlink(mnt / "g")

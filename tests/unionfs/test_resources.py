@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.root, pytest.mark.fuse]
 
 
 def daemon_pid(target) -> int:
-    return json.loads(pid_file(str(target)).read_text())["pid"]
+    return json.loads(Path(pid_file(str(target))).read_text())["pid"]
 
 
 def fd_count(pid: int) -> int:
