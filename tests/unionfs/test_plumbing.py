@@ -5,6 +5,8 @@ static test below keeps it that way for the mount table."""
 from __future__ import annotations
 
 import ast
+import ctypes
+import importlib
 import os
 import subprocess
 import sys
@@ -177,8 +179,54 @@ def test_id_maps_inside_a_user_namespace():
 
 def test_libc_is_loaded_once_for_every_caller():
     from snapshotter.runtime import syscalls
+    fuse_mount = importlib.import_module("unionfs.transport.mount")  # the package shadows it
     assert libc.handle() is libc.handle()
     assert syscalls._libc is libc.handle()
+    # the FUSE mount's prototypes are declared on the one handle, where every caller sees them
+    assert fuse_mount.libc.handle() is libc.handle()
+    assert libc.handle().mount.argtypes[3] is ctypes.c_ulong
+
+
+_LOADERS = {"CDLL", "PyDLL", "LoadLibrary", "find_library", "dlopen"}
+
+
+def _loads_libc(tree: ast.AST) -> list[int]:
+    """Lines that load a shared library other than by a literal name that is not the C library:
+    ctypes.CDLL(None), CDLL("libc.so.6"), CDLL(find_library("c")), cdll.LoadLibrary(...), ...
+    (libseccomp by its soname is another library, not a second libc loader)."""
+    found = []
+    for n in ast.walk(tree):
+        if not isinstance(n, ast.Call):
+            continue
+        f = n.func
+        name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+        if name not in _LOADERS:
+            continue
+        arg = n.args[0] if n.args else None
+        literal = isinstance(arg, ast.Constant) and isinstance(arg.value, str)
+        if not literal or arg.value in ("c", "libc") or arg.value.startswith("libc."):
+            found.append(n.lineno)
+    return found
+
+
+def test_libc_is_loaded_in_one_place():
+    """Only unionfs/libc.py loads the C library (once, by soname: find_library runs ldconfig);
+    every other ctypes caller takes `libc.handle()`, so argtypes and errno handling are the
+    same for all (unionfs/transport/mount.py loaded its own through find_library)."""
+    found = {}
+    for pkg in ("pyunion", "unionfs", "snapshotter", "bench"):
+        for path in (REPO / pkg).rglob("*.py"):
+            lines = _loads_libc(ast.parse(path.read_text(), str(path)))
+            if lines:
+                found[str(path.relative_to(REPO))] = lines
+    assert set(found) == {"unionfs/libc.py"}, found
+
+
+def test_the_libc_scan_sees_every_way_of_loading_it():
+    code = ("import ctypes, ctypes.util\nfrom ctypes import CDLL\n"
+            "ctypes.CDLL(None)\nCDLL('libc.so.6')\nctypes.CDLL(ctypes.util.find_library('c'))\n"
+            "ctypes.cdll.LoadLibrary(name)\nctypes.CDLL('libseccomp.so.2')\n")
+    assert sorted(_loads_libc(ast.parse(code))) == [3, 4, 5, 5, 6]
 
 
 TREE_SCRIPT = """
