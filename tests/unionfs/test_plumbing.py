@@ -93,13 +93,19 @@ def test_mountinfo_is_parsed_in_one_place():
     """Only unionfs/mountinfo.py opens a mountinfo file; everything else in the product, the
     benchmarks and the tests' own helpers asks it (a container's view, read from inside it by
     `cat /proc/self/mountinfo`, is a shell command, not a parser)."""
+    found = _scan(("pyunion", "unionfs", "snapshotter", "bench", "tests"), _reads_mountinfo)
+    assert set(found) == {"unionfs/mountinfo.py"}, found
+
+
+def _scan(packages: tuple[str, ...], finder) -> dict[str, list[int]]:
+    """file -> lines FINDER reports, for every module of PACKAGES where it reports any."""
     found = {}
-    for pkg in ("pyunion", "unionfs", "snapshotter", "bench", "tests"):
+    for pkg in packages:
         for path in (REPO / pkg).rglob("*.py"):
-            lines = _reads_mountinfo(ast.parse(path.read_text(), str(path)))
+            lines = finder(ast.parse(path.read_text(), str(path)))
             if lines:
                 found[str(path.relative_to(REPO))] = lines
-    assert set(found) == {"unionfs/mountinfo.py"}, found
+    return found
 
 
 def test_the_static_check_sees_a_second_parser():
@@ -213,12 +219,7 @@ def test_libc_is_loaded_in_one_place():
     """Only unionfs/libc.py loads the C library (once, by soname: find_library runs ldconfig);
     every other ctypes caller takes `libc.handle()`, so argtypes and errno handling are the
     same for all (unionfs/transport/mount.py loaded its own through find_library)."""
-    found = {}
-    for pkg in ("pyunion", "unionfs", "snapshotter", "bench"):
-        for path in (REPO / pkg).rglob("*.py"):
-            lines = _loads_libc(ast.parse(path.read_text(), str(path)))
-            if lines:
-                found[str(path.relative_to(REPO))] = lines
+    found = _scan(("pyunion", "unionfs", "snapshotter", "bench"), _loads_libc)
     assert set(found) == {"unionfs/libc.py"}, found
 
 
