@@ -33,7 +33,7 @@ from snapshotter.errors import (
     NotFound,
     SnapshotterError,
 )
-from snapshotter.store import MetaStore, Row, Tx, from_micros, now_micros
+from snapshotter.store import MetaStore, Tx, now_micros
 from unionfs.mountinfo import mount_point_path, mounts, top_mount
 from unionfs.registry import daemon_record
 from unionfs.trees import remove_tree
@@ -273,11 +273,6 @@ class Snapshotter:
     def _fs(self, sid: int) -> Path:
         return self._dir(sid) / "fs"
 
-    @staticmethod
-    def _info(row: Row) -> Info:
-        return Info(row.kind, row.key, row.parent_key, dict(row.labels),
-                    from_micros(row.created), from_micros(row.updated))
-
     def _mounts(self, tx: Tx, key: str) -> list[Mount]:
         row, *chain = tx.mount_chain(key)      # the store's rule: no mounts of a committed one
         parents = [str(self._fs(p.id)) for p in chain]
@@ -295,14 +290,14 @@ class Snapshotter:
 
     def stat(self, key: str) -> Info:
         with self._db.read() as tx:
-            return self._info(tx.need(key))
+            return tx.need(key).info()
 
     def update(self, info: Info, *fieldpaths: str) -> Info:
         with self._db.write() as tx:
             row = tx.need(info.name)
             labels = updated_labels(row.labels, dict(info.labels or {}), fieldpaths)
             tx.set_labels(row.id, labels, now_micros())
-            return self._info(tx.need(info.name))
+            return tx.need(info.name).info()
 
     def usage(self, key: str) -> Usage:
         with self._db.read() as tx:
@@ -389,7 +384,7 @@ class Snapshotter:
                 if final.exists() or final.is_symlink():
                     _rmtree(final)
                 os.rename(tmp, final)
-                return self._info(row)
+                return row.info()
         except BaseException:
             _rmtree(tmp)
             raise
@@ -407,7 +402,7 @@ class Snapshotter:
     def walk(self, *filters: str) -> Iterator[Info]:
         parsed = [parse_filter(f) for f in filters if f.strip()]
         with self._db.read() as tx:
-            infos = [self._info(r) for r in tx.all()]
+            infos = [r.info() for r in tx.all()]
         # Rows are read first, so the caller may call back into the store while iterating.
         for info in infos:
             if filters_match(parsed, info):

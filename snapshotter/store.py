@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from snapshotter.api import Kind
+from snapshotter.api import Info, Kind
 from snapshotter.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from snapshotter.sqlite_db import open_db
 
@@ -76,6 +76,11 @@ class Row:
     updated: int = 0
     size: int | None = None
     inodes: int | None = None
+
+    def info(self) -> Info:
+        """The record as the Snapshotter interface reports it (stat, walk)."""
+        return Info(self.kind, self.key, self.parent_key, dict(self.labels),
+                    from_micros(self.created), from_micros(self.updated))
 
 
 def _row(t: tuple) -> Row:

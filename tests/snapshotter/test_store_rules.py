@@ -18,7 +18,7 @@ from snapshotter import api
 from snapshotter.api import Info, Kind, Mount, Usage
 from snapshotter.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from snapshotter.snapshots import Snapshotter
-from snapshotter.store import MetaStore, Row, from_micros, now_micros
+from snapshotter.store import MetaStore, now_micros
 
 
 class PlainDirs:
@@ -29,20 +29,15 @@ class PlainDirs:
         root.mkdir(parents=True, exist_ok=True)
         self._db = MetaStore(root / "meta.db")
 
-    @staticmethod
-    def _info(row: Row) -> Info:
-        return Info(row.kind, row.key, row.parent_key, dict(row.labels),
-                    from_micros(row.created), from_micros(row.updated))
-
     def stat(self, key: str) -> Info:
         with self._db.read() as tx:
-            return self._info(tx.need(key))
+            return tx.need(key).info()
 
     def update(self, info: Info, *fieldpaths: str) -> Info:
         with self._db.write() as tx:
             row = tx.need(info.name)
             tx.set_labels(row.id, dict(info.labels), now_micros())
-            return self._info(tx.need(info.name))
+            return tx.need(info.name).info()
 
     def usage(self, key: str) -> Usage:
         return Usage(0, 0)
@@ -78,7 +73,7 @@ class PlainDirs:
     def walk(self, *filters: str) -> Iterator[Info]:
         with self._db.read() as tx:
             rows = tx.all()
-        yield from (self._info(r) for r in rows)
+        yield from (r.info() for r in rows)
 
     def cleanup(self) -> None:
         pass

@@ -77,16 +77,18 @@ def _reads_mountinfo(tree: ast.AST) -> list[int]:
         return any(isinstance(n, ast.Constant) and isinstance(n.value, str)
                    and "mountinfo" in n.value for n in ast.walk(arg))
 
-    found = []
+    return [n.lineno for name, n in _calls(tree)
+            if name in ("open", "Path", "PurePath", "read_text", "read_bytes")
+            and any(names_it(a) for a in n.args)]
+
+
+def _calls(tree: ast.AST):
+    """(called name, call node) of every call in TREE: `f(...)` and `x.f(...)` are both f."""
     for n in ast.walk(tree):
-        if not isinstance(n, ast.Call):
-            continue
-        f = n.func
-        name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
-        if name in ("open", "Path", "PurePath", "read_text", "read_bytes") and any(
-                names_it(a) for a in n.args):
-            found.append(n.lineno)
-    return found
+        if isinstance(n, ast.Call):
+            f = n.func
+            yield (f.id if isinstance(f, ast.Name) else
+                   f.attr if isinstance(f, ast.Attribute) else ""), n
 
 
 def test_mountinfo_is_parsed_in_one_place():
@@ -201,11 +203,7 @@ def _loads_libc(tree: ast.AST) -> list[int]:
     ctypes.CDLL(None), CDLL("libc.so.6"), CDLL(find_library("c")), cdll.LoadLibrary(...), ...
     (libseccomp by its soname is another library, not a second libc loader)."""
     found = []
-    for n in ast.walk(tree):
-        if not isinstance(n, ast.Call):
-            continue
-        f = n.func
-        name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+    for name, n in _calls(tree):
         if name not in _LOADERS:
             continue
         arg = n.args[0] if n.args else None
