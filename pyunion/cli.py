@@ -26,7 +26,14 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Every subcommand runs inside the one error boundary (unionfs/exits.py): whatever escapes
+    its own is one line, never a traceback (unless PYUNION_DEBUG=1)."""
+    from unionfs.exits import Boundary
     argv = list(sys.argv[1:] if argv is None else argv)
+    return Boundary("pyunion", failures=()).run(lambda: route(argv))
+
+
+def route(argv: list[str]) -> int:
     if not argv:
         print("pyunion: a command is required (see `pyunion --help`)", file=sys.stderr)
         return 2

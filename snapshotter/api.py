@@ -14,6 +14,10 @@ view is a list of mounts: the parents as lowers, the snapshot's own directory as
 
 Errors (snapshotter.errors, containerd's errdefs): NotFound, AlreadyExists, InvalidArgument,
 FailedPrecondition. A refused call changes nothing.
+
+The kind and parent rules are not checked here but by the storage layer (snapshotter/store.py:
+`Tx.create`, `commit`, `mount_chain`, `remove`), inside the transaction that writes, so every
+implementation built on that store inherits them.
 """
 
 from __future__ import annotations
@@ -23,8 +27,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
-
-from snapshotter.errors import FailedPrecondition, InvalidArgument, NotFound
 
 
 class Kind(enum.Enum):
@@ -126,34 +128,3 @@ class Snapshotter(Protocol):
     def close(self) -> None:
         """Release the store; the object is unusable afterwards."""
         ...
-
-
-# -- the kind and parent rules, for every implementation ---------------------------------------
-# Each takes what the implementation read in its transaction and raises containerd's error.
-
-def check_parent(parent: str, parent_kind: Kind | None) -> None:
-    """A new active snapshot or view may only stand on an existing committed snapshot."""
-    if parent_kind is None:
-        raise NotFound(f"parent snapshot {parent!r} does not exist")
-    if parent_kind is not Kind.COMMITTED:
-        raise InvalidArgument(f"parent {parent!r} is not a committed snapshot")
-
-
-def check_committable(key: str, kind: Kind) -> None:
-    """Only an active snapshot can be committed."""
-    if kind is not Kind.ACTIVE:
-        raise FailedPrecondition(f"snapshot {key!r} is {kind.value}: only an active snapshot"
-                                 " can be committed")
-
-
-def check_mountable(key: str, kind: Kind) -> None:
-    """A committed snapshot has no mounts of its own."""
-    if kind is Kind.COMMITTED:
-        raise FailedPrecondition(f"snapshot {key!r} is committed: mount an active snapshot"
-                                 " or a view of it")
-
-
-def check_removable(key: str, has_children: bool) -> None:
-    """A snapshot another one stands on stays."""
-    if has_children:
-        raise FailedPrecondition(f"cannot remove snapshot {key!r} with child")

@@ -1,15 +1,25 @@
-"""Argument handling shared by the `pyunion image` and `pyunion snapshot` command lines."""
+"""Argument handling and the error boundary shared by the snapshotter's command lines
+(`pyunion image`, `snapshot`, `snapshotter`, `run`, `rm`)."""
 
 from __future__ import annotations
 
 import argparse
 import errno
+import sqlite3
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
+from snapshotter.errors import SnapshotterError
+from unionfs import exits
+from unionfs.exits import UsageError
+from unionfs.messages import os_message
 
-class UsageError(Exception):
-    pass
+__all__ = ["FAILURES", "Parser", "UsageError", "boundary", "check_root", "describe",
+           "os_message", "split_root"]
+
+# What the snapshotter's commands expect to fail with: the store's refusals, a metadata database
+# that cannot be read or written, the file system.
+FAILURES: tuple[type[BaseException], ...] = (SnapshotterError, sqlite3.Error, OSError)
 
 
 class Parser(argparse.ArgumentParser):
@@ -46,6 +56,15 @@ def check_root(root: Path) -> Path:
     return root
 
 
-def os_message(e: OSError) -> str:
-    """An OSError as a CLI says it: the reason and the file, without '[Errno N]'."""
-    return f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}"
+def describe(e: BaseException) -> str:
+    """The reason of an expected failure of the snapshotter's commands."""
+    if isinstance(e, sqlite3.Error):
+        return f"metadata database: {e}"
+    return exits.describe(e)
+
+
+def boundary(prog: str, **how: Any) -> exits.Boundary:
+    """The error boundary of a snapshotter command PROG (unionfs/exits.py says what it does)."""
+    how.setdefault("failures", FAILURES)
+    how.setdefault("describe", describe)
+    return exits.Boundary(prog, **how)

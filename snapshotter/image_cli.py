@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
 from pathlib import Path
 
 from snapshotter import image_readers as ir
 from snapshotter.cli_args import Parser as _Parser
-from snapshotter.cli_args import UsageError, check_root, os_message, split_root
+from snapshotter.cli_args import UsageError, boundary, check_root, split_root
 from snapshotter.errors import NotFound, SnapshotterError
 from snapshotter.images import ImageRecord, ImageStore, check_name
 from snapshotter.progress import Progress, human
 from snapshotter.store_paths import default_store_root
-from unionfs.messages import one_line
 
 PROG = "pyunion image"
 
@@ -135,29 +133,20 @@ def _no_store(args: argparse.Namespace, root: Path) -> int:
     raise NotFound(f"no image store at {root}")
 
 
+BOUNDARY = boundary(PROG, usage_label="usage error: ", failure_label="error: ")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        root, rest = split_root(argv)
-        if not rest:
-            raise UsageError("a verb is required (import, ls, inspect, rm, export, commit)")
-        if rest[0] in ("-h", "--help"):
-            _parser().print_help()
-            return 0
-        args = _parser().parse_args(rest)
-        return run(args, Path(root) if root else default_store_root())
-    except UsageError as e:
-        print(f"{PROG}: usage error: {one_line(str(e))}", file=sys.stderr)
-        return 2
-    except SnapshotterError as e:
-        print(f"{PROG}: error: {one_line(str(e))}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"{PROG}: error: {one_line(os_message(e))}", file=sys.stderr)
-        return 1
-    except sqlite3.Error as e:
-        print(f"{PROG}: error: metadata database: {one_line(str(e))}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    return BOUNDARY.run(lambda: _main(argv))
+
+
+def _main(argv: list[str]) -> int:
+    root, rest = split_root(argv)
+    if not rest:
+        raise UsageError("a verb is required (import, ls, inspect, rm, export, commit)")
+    if rest[0] in ("-h", "--help"):
+        _parser().print_help()
+        return 0
+    args = _parser().parse_args(rest)
+    return run(args, Path(root) if root else default_store_root())

@@ -27,13 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from snapshotter import conversion
-from snapshotter.cli_args import UsageError, check_root, os_message
+from snapshotter.cli_args import FAILURES, UsageError, boundary, check_root
 from snapshotter.errors import AlreadyExists, NotFound, SnapshotterError
 from snapshotter.runtime import rootless
 from snapshotter.runtime.errors import ContainerError
 from snapshotter.runtime.lifecycle import Runtime
 from snapshotter.runtime.state import proc_start_time
-from unionfs.messages import one_line
 from unionfs.rootpath import read_in_root
 
 USAGE = ("pyunion run [--rm] [--name ID] [--commit NAME] [-e K=V] [-w DIR] [-u USER] "
@@ -247,23 +246,16 @@ def rm_main(argv: list[str]) -> int:
     p.add_argument("-f", "--force", action="store_true", help="also a running container")
     p.add_argument("--root", help="store root")
     p.add_argument("names", nargs="+")
-    try:
-        a = p.parse_args(argv)
-        from snapshotter.snapshots import default_root
-        root = Path(a.root) if a.root else default_root()
-        for cid in a.names:
-            if not remove_container(root, cid, a.force):
-                raise NotFound(f"no container {cid}")
-            print(cid)
-    except UsageError as e:
-        print(f"pyunion rm: {one_line(str(e))} (usage: {RM_USAGE})", file=sys.stderr)
-        return 2
-    except (SnapshotterError, ContainerError) as e:
-        print(f"pyunion rm: {one_line(str(e))}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"pyunion rm: {one_line(os_message(e))}", file=sys.stderr)
-        return 1
+    return RM_BOUNDARY.run(lambda: _rm(p.parse_args(argv)))
+
+
+def _rm(a: argparse.Namespace) -> int:
+    from snapshotter.snapshots import default_root
+    root = Path(a.root) if a.root else default_root()
+    for cid in a.names:
+        if not remove_container(root, cid, a.force):
+            raise NotFound(f"no container {cid}")
+        print(cid)
     return 0
 
 
@@ -271,24 +263,23 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     old = signal.signal(signal.SIGTERM, _terminate)  # clean up on TERM outside the container
     try:
-        a = _parser().parse_args(argv)
-        if a.image is None:
-            raise UsageError("an IMAGE is required")
-        return run(a)
-    except UsageError as e:
-        print(f"pyunion run: {one_line(str(e))} (usage: {USAGE})", file=sys.stderr)
-        return 2
-    except (SnapshotterError, ContainerError) as e:
-        print(f"pyunion run: {one_line(str(e))}", file=sys.stderr)
-        return 125
-    except OSError as e:
-        print(f"pyunion run: {one_line(os_message(e))}", file=sys.stderr)
-        return 125
-    except KeyboardInterrupt:
-        print("pyunion run: interrupted", file=sys.stderr)
-        return 130
+        return RUN_BOUNDARY.run(lambda: _run_main(argv))
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def _run_main(argv: list[str]) -> int:
+    a = _parser().parse_args(argv)
+    if a.image is None:
+        raise UsageError("an IMAGE is required")
+    return run(a)
+
+
+# `pyunion run` fails as docker run does: 125 for an error of its own (1 may be the container's)
+RUN_BOUNDARY = boundary("pyunion run", failures=(*FAILURES, ContainerError),
+                        usage_hint=f" (usage: {USAGE})", failure_status=125)
+RM_BOUNDARY = boundary("pyunion rm", failures=(*FAILURES, ContainerError),
+                       usage_hint=f" (usage: {RM_USAGE})")
 
 
 if __name__ == "__main__":

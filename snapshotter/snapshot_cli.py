@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
 from pathlib import Path
 
 from snapshotter.cli_args import Parser as _Parser
-from snapshotter.cli_args import UsageError, check_root, os_message, split_root
+from snapshotter.cli_args import UsageError, boundary, check_root, describe, split_root
 from snapshotter.errors import FailedPrecondition, NotFound, SnapshotterError
 from snapshotter.snapshots import (
     Info,
@@ -24,7 +23,6 @@ from snapshotter.snapshots import (
     store_owns_mount,
     unmount,
 )
-from unionfs.messages import one_line
 
 PROG = "pyunion snapshot"
 
@@ -209,25 +207,15 @@ def _no_store(args: argparse.Namespace, root: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        root, rest = split_root(argv)
-        args = _parser().parse_args(rest)
-        if root is None:
-            root = args.root
-        return run(args, Path(root) if root else default_root())
-    except UsageError as e:
-        print(f"{PROG}: {one_line(str(e))} (see `{PROG} --help`)", file=sys.stderr)
-        return 2
-    except SnapshotterError as e:
-        kind = "" if type(e) is SnapshotterError else f"{_kind(e)}: "
-        print(f"{PROG}: {kind}{one_line(str(e))}", file=sys.stderr)
-        return 1
-    except sqlite3.Error as e:
-        print(f"{PROG}: metadata database: {one_line(str(e))}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"{PROG}: {one_line(os_message(e))}", file=sys.stderr)
-        return 1
+    return BOUNDARY.run(lambda: _main(argv))
+
+
+def _main(argv: list[str]) -> int:
+    root, rest = split_root(argv)
+    args = _parser().parse_args(rest)
+    if root is None:
+        root = args.root
+    return run(args, Path(root) if root else default_root())
 
 
 def _kind(e: SnapshotterError) -> str:
@@ -236,6 +224,16 @@ def _kind(e: SnapshotterError) -> str:
     return {"NotFound": "not found", "AlreadyExists": "already exists",
             "InvalidArgument": "invalid argument",
             "FailedPrecondition": "failed precondition"}.get(name, name)
+
+
+def _describe(e: BaseException) -> str:
+    """A store refusal names its kind, as ctr does ("not found: snapshot 'x' does not exist")."""
+    if isinstance(e, SnapshotterError) and type(e) is not SnapshotterError:
+        return f"{_kind(e)}: {describe(e)}"
+    return describe(e)
+
+
+BOUNDARY = boundary(PROG, usage_hint=f" (see `{PROG} --help`)", describe=_describe)
 
 
 if __name__ == "__main__":  # pragma: no cover

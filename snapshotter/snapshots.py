@@ -32,7 +32,7 @@ from snapshotter.errors import (
     NotFound,
     SnapshotterError,
 )
-from snapshotter.store import MetaStore, Row, Tx, from_micros, now_micros
+from snapshotter.store import MetaStore, Tx, now_micros
 from unionfs import mounting
 from unionfs.mountinfo import mount_point_path, mounts, top_mount
 from unionfs.options import MountConfig, UsageError, parse_option_list
@@ -274,22 +274,10 @@ class Snapshotter:
     def _fs(self, sid: int) -> Path:
         return self._dir(sid) / "fs"
 
-    @staticmethod
-    def _info(row: Row) -> Info:
-        return Info(Kind(row.kind), row.key, row.parent_key, dict(row.labels),
-                    from_micros(row.created), from_micros(row.updated))
-
-    @staticmethod
-    def _need(tx: Tx, key: str) -> Row:
-        row = tx.get(key)
-        if row is None:
-            raise NotFound(f"snapshot {key!r} does not exist")
-        return row
-
-    def _mounts(self, tx: Tx, row: Row) -> list[Mount]:
-        api.check_mountable(row.key, Kind(row.kind))
-        parents = [str(self._fs(p.id)) for p in tx.chain(row.id)[1:]]
-        active = row.kind == Kind.ACTIVE.value
+    def _mounts(self, tx: Tx, key: str) -> list[Mount]:
+        row, *chain = tx.mount_chain(key)      # the store's rule: no mounts of a committed one
+        parents = [str(self._fs(p.id)) for p in chain]
+        active = row.kind is Kind.ACTIVE
         if not parents:
             return [Mount("bind", str(self._fs(row.id)), ["rw" if active else "ro", "rbind"])]
         if not active and len(parents) == 1:
@@ -299,29 +287,29 @@ class Snapshotter:
             opts += [f"upperdir={self._fs(row.id)}", f"workdir={self._dir(row.id) / 'work'}"]
         return [Mount(MOUNT_TYPE, "pyunion", opts)]
 
-    # -- API ------------------------------------------------------------------------------------
+    # -- API: the kind/parent rules are the store's (store.Tx), checked in its transactions ----
 
     def stat(self, key: str) -> Info:
         with self._db.read() as tx:
-            return self._info(self._need(tx, key))
+            return tx.need(key).info()
 
     def update(self, info: Info, *fieldpaths: str) -> Info:
         with self._db.write() as tx:
-            row = self._need(tx, info.name)
+            row = tx.need(info.name)
             labels = updated_labels(row.labels, dict(info.labels or {}), fieldpaths)
             tx.set_labels(row.id, labels, now_micros())
-            return self._info(self._need(tx, info.name))
+            return tx.need(info.name).info()
 
     def usage(self, key: str) -> Usage:
         with self._db.read() as tx:
-            row = self._need(tx, key)
-        if row.kind == Kind.COMMITTED.value and row.size is not None:
+            row = tx.need(key)
+        if row.kind is Kind.COMMITTED and row.size is not None:
             return Usage(row.size, row.inodes or 0)
         return disk_usage(self._fs(row.id))
 
     def mounts(self, key: str) -> list[Mount]:
         with self._db.read() as tx:
-            return self._mounts(tx, self._need(tx, key))
+            return self._mounts(tx, key)
 
     def prepare(self, key: str, parent: str = "", labels: dict | None = None) -> list[Mount]:
         return self._create(Kind.ACTIVE, key, parent, labels)
@@ -333,14 +321,7 @@ class Snapshotter:
         check_key(key, "key")
         labels = validate_labels(labels)
         with self._db.write() as tx:
-            if tx.get(key) is not None:
-                raise AlreadyExists(f"snapshot {key!r} already exists")
-            parent_id = None
-            if parent:
-                prow = tx.get(parent)
-                api.check_parent(parent, None if prow is None else Kind(prow.kind))
-                assert prow is not None
-                parent_id = prow.id
+            row = tx.create(key, kind, parent, labels, now_micros())  # refused: nothing made
             tmp = Path(tempfile.mkdtemp(prefix="new-", dir=self.snapshots_dir))
             try:
                 (tmp / "fs").mkdir()
@@ -348,8 +329,7 @@ class Snapshotter:
                 if kind is Kind.ACTIVE:
                     (tmp / "work").mkdir()
                     os.chmod(tmp / "work", 0o711)
-                sid = tx.insert(key, kind.value, parent_id, labels, now_micros())
-                final = self._dir(sid)
+                final = self._dir(row.id)
                 if final.exists() or final.is_symlink():
                     # Left by a crash between rename and commit: its id was never committed.
                     _rmtree(final)
@@ -357,19 +337,16 @@ class Snapshotter:
             except BaseException:
                 _rmtree(tmp)
                 raise
-            return self._mounts(tx, self._need(tx, key))
+            return self._mounts(tx, key)
 
     def commit(self, name: str, key: str, labels: dict | None = None) -> None:
         check_key(name, "name")
         labels = validate_labels(labels)
         with self._db.read() as tx:
-            row = self._check_committable(tx, name, key)
+            row = tx.check_commit(name, key)
         use = disk_usage(self._fs(row.id))  # outside the write lock: it may take a while
         with self._db.write() as tx:
-            again = self._check_committable(tx, name, key)
-            if again.id != row.id:
-                raise FailedPrecondition(f"snapshot {key!r} changed during commit")
-            tx.commit_active(row.id, name, labels, now_micros(), use.size, use.inodes)
+            tx.commit(name, key, labels, now_micros(), use.size, use.inodes, expect_id=row.id)
 
     def commit_copy(self, name: str, parent: str, source: str,
                     labels: dict | None = None) -> Info:
@@ -385,9 +362,10 @@ class Snapshotter:
             raise InvalidArgument("snapshot name must not be empty")
         labels = validate_labels(labels)
         with self._db.read() as tx:
-            src = self._need(tx, source)
-            if src.kind != Kind.COMMITTED.value:
-                raise FailedPrecondition(f"snapshot {source!r} is {src.kind}, not committed")
+            src = tx.need(source)
+            if src.kind is not Kind.COMMITTED:
+                raise FailedPrecondition(f"snapshot {source!r} is {src.kind.value}, not"
+                                         " committed")
             if tx.get(name) is not None:
                 raise AlreadyExists(f"snapshot {name!r} already exists")
         tmp = Path(tempfile.mkdtemp(prefix="new-", dir=self.snapshots_dir))
@@ -396,45 +374,27 @@ class Snapshotter:
             _run(["cp", "-a", "--link", "--no-target-directory", str(self._fs(src.id)),
                   str(tmp / "fs")])
             with self._db.write() as tx:
-                if tx.get(name) is not None:
-                    raise AlreadyExists(f"snapshot {name!r} already exists")
-                if self._need(tx, source).id != src.id:
+                if tx.need(source).id != src.id:
                     raise FailedPrecondition(f"snapshot {source!r} changed during the copy")
-                parent_id = None
-                if parent:
-                    prow = self._need(tx, parent)
-                    api.check_parent(parent, Kind(prow.kind))
-                    parent_id = prow.id
-                ts = now_micros()
-                sid = tx.insert(name, Kind.ACTIVE.value, parent_id, labels, ts)
                 size, inodes = src.size, src.inodes
                 if size is None:
                     use = disk_usage(tmp / "fs")
                     size, inodes = use.size, use.inodes
-                tx.commit_active(sid, name, labels, ts, size, inodes or 0)
-                final = self._dir(sid)
+                row = tx.create_committed(name, parent, labels, now_micros(), size, inodes or 0)
+                final = self._dir(row.id)
                 if final.exists() or final.is_symlink():
                     _rmtree(final)
                 os.rename(tmp, final)
-                return self._info(self._need(tx, name))
+                return row.info()
         except BaseException:
             _rmtree(tmp)
             raise
         finally:
             os.close(busy)
 
-    def _check_committable(self, tx: Tx, name: str, key: str) -> Row:
-        if tx.get(name) is not None:
-            raise AlreadyExists(f"snapshot {name!r} already exists")
-        row = self._need(tx, key)
-        api.check_committable(key, Kind(row.kind))
-        return row
-
     def remove(self, key: str) -> None:
         with self._db.write() as tx:
-            row = self._need(tx, key)
-            api.check_removable(key, tx.has_children(row.id))
-            tx.delete(row.id)
+            row = tx.remove(key)
             src, doomed = self._dir(row.id), self.snapshots_dir / f"rm-{row.id}"
             if src.exists():
                 os.rename(src, doomed)
@@ -443,7 +403,7 @@ class Snapshotter:
     def walk(self, *filters: str) -> Iterator[Info]:
         parsed = [parse_filter(f) for f in filters if f.strip()]
         with self._db.read() as tx:
-            infos = [self._info(r) for r in tx.all()]
+            infos = [r.info() for r in tx.all()]
         # Rows are read first, so the caller may call back into the store while iterating.
         for info in infos:
             if filters_match(parsed, info):
@@ -468,20 +428,20 @@ class Snapshotter:
     def fs_path(self, key: str) -> Path:
         """The `fs` directory of any snapshot (a committed one holds that layer's changeset)."""
         with self._db.read() as tx:
-            return self._fs(self._need(tx, key).id)
+            return self._fs(tx.need(key).id)
 
     def upper_path(self, key: str) -> Path:
         """The `fs` dir of an ACTIVE snapshot: where a layer is applied / changes land."""
         with self._db.read() as tx:
-            row = self._need(tx, key)
-        if row.kind != Kind.ACTIVE.value:
-            raise FailedPrecondition(f"snapshot {key!r} is {row.kind}, not active")
+            row = tx.need(key)
+        if row.kind is not Kind.ACTIVE:
+            raise FailedPrecondition(f"snapshot {key!r} is {row.kind.value}, not active")
         return self._fs(row.id)
 
     def lower_paths(self, key: str) -> list[Path]:
         """`fs` dirs of the snapshot's parent chain (itself excluded), top first."""
         with self._db.read() as tx:
-            return [self._fs(r.id) for r in tx.chain(self._need(tx, key).id)[1:]]
+            return [self._fs(r.id) for r in tx.chain(tx.need(key).id)[1:]]
 
 
 def _hold(path: Path) -> int:

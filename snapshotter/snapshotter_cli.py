@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from snapshotter.cli_args import Parser, UsageError
+from snapshotter.cli_args import Parser, boundary
 from snapshotter.errors import SnapshotterError
 from snapshotter.snapshots import default_root
 
@@ -27,28 +27,22 @@ def _parser() -> Parser:
     return p
 
 
+BOUNDARY = boundary(PROG, usage_hint=f" (see `{PROG} --help`)")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args = _parser().parse_args(argv)
-    except UsageError as e:
-        print(f"{PROG}: {e} (see `{PROG} --help`)", file=sys.stderr)
-        return 2
+    return BOUNDARY.run(lambda: _main(argv))
+
+
+def _main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
     try:
         from snapshotter.grpc_server import serve_forever
     except ImportError as e:
-        print(f"{PROG}: needs grpcio and protobuf (pip install 'pyunion[containerd]'): {e}",
-              file=sys.stderr)
-        return 1
-    try:
-        serve_forever(args.address, Path(args.root) if args.root else default_root())
-    except SnapshotterError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"{PROG}: {e.strerror or e}{f': {e.filename}' if e.filename else ''}",
-              file=sys.stderr)
-        return 1
+        raise SnapshotterError("needs grpcio and protobuf (pip install 'pyunion[containerd]'):"
+                               f" {e}") from None
+    serve_forever(args.address, Path(args.root) if args.root else default_root())
     return 0
 
 

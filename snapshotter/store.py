@@ -1,4 +1,11 @@
-"""SQLite metadata for the snapshot store: rows only, no directories and no semantics.
+"""SQLite metadata for the snapshot store, and the kind/parent rules of containerd's snapshotter.
+
+The rules live here, inside the transaction that reads what they depend on and writes the
+result, so that every Snapshotter built on this store inherits them and no check can race a
+write: a key or name is taken once; a new snapshot stands on nothing or on a committed one; only
+an active snapshot is committed; a committed one has no mounts of its own; a snapshot with a
+child stays. Each refusal is containerd's error (snapshotter.errors) and writes nothing. The
+directories of the snapshots are the implementation's (snapshots.py), not this module's.
 
 Several `pyunion` processes may open the same root at once, so every write runs inside
 `BEGIN IMMEDIATE` (one writer at a time, others wait up to the busy timeout) and reads run inside
@@ -17,7 +24,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from snapshotter.errors import FailedPrecondition
+from snapshotter.api import Info, Kind
+from snapshotter.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from snapshotter.sqlite_db import open_db
 
 SCHEMA = """
@@ -60,7 +68,7 @@ class Row:
     """One snapshot record; `parent_key` is the parent's current key ('' for none)."""
     id: int
     key: str
-    kind: str
+    kind: Kind
     parent_id: int | None
     parent_key: str
     labels: dict[str, str] = field(default_factory=dict)
@@ -69,16 +77,24 @@ class Row:
     size: int | None = None
     inodes: int | None = None
 
+    def info(self) -> Info:
+        """The record as the Snapshotter interface reports it (stat, walk)."""
+        return Info(self.kind, self.key, self.parent_key, dict(self.labels),
+                    from_micros(self.created), from_micros(self.updated))
+
 
 def _row(t: tuple) -> Row:
-    return Row(t[0], t[1], t[2], t[3], t[4], json.loads(t[5]), t[6], t[7], t[8], t[9])
+    return Row(t[0], t[1], Kind(t[2]), t[3], t[4], json.loads(t[5]), t[6], t[7], t[8], t[9])
 
 
 class Tx:
-    """Queries available inside a transaction (see MetaStore.read / MetaStore.write)."""
+    """What may be done inside a transaction (see MetaStore.read / MetaStore.write): reads, and
+    the snapshotter's writes, each checking its rules first."""
 
     def __init__(self, conn: sqlite3.Connection):
         self._c = conn
+
+    # -- reads ----------------------------------------------------------------------------------
 
     def get(self, key: str) -> Row | None:
         r = self._c.execute(f"{_SELECT} WHERE s.key = ?", (key,)).fetchone()
@@ -87,6 +103,13 @@ class Tx:
     def get_id(self, sid: int) -> Row | None:
         r = self._c.execute(f"{_SELECT} WHERE s.id = ?", (sid,)).fetchone()
         return _row(r) if r else None
+
+    def need(self, key: str) -> Row:
+        """The snapshot KEY (a key or a committed name); NotFound when there is none."""
+        row = self.get(key)
+        if row is None:
+            raise NotFound(f"snapshot {key!r} does not exist")
+        return row
 
     def all(self) -> list[Row]:
         return [_row(r) for r in self._c.execute(f"{_SELECT} ORDER BY s.id")]
@@ -110,28 +133,98 @@ class Tx:
         return self._c.execute("SELECT 1 FROM snapshots WHERE parent = ? LIMIT 1",
                                (sid,)).fetchone() is not None
 
-    def insert(self, key: str, kind: str, parent_id: int | None, labels: dict[str, str],
-               ts: int) -> int:
-        cur = self._c.execute(
-            "INSERT INTO snapshots (key, kind, parent, labels, created, updated)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (key, kind, parent_id, json.dumps(labels, sort_keys=True), ts, ts))
-        assert cur.lastrowid is not None      # set by every INSERT
-        return cur.lastrowid
+    def mount_chain(self, key: str) -> list[Row]:
+        """Snapshot KEY and its parents, nearest first: what its mounts present. A committed
+        snapshot has no mounts of its own (FailedPrecondition): prepare or view it instead."""
+        row = self.need(key)
+        if row.kind is Kind.COMMITTED:
+            raise FailedPrecondition(f"snapshot {key!r} is committed: mount an active snapshot"
+                                     " or a view of it")
+        return self.chain(row.id)
 
-    def commit_active(self, sid: int, name: str, labels: dict[str, str], ts: int,
-                      size: int, inodes: int) -> None:
-        self._c.execute(
-            "UPDATE snapshots SET key = ?, kind = 'committed', labels = ?, created = ?,"
-            " updated = ?, size = ?, inodes = ? WHERE id = ?",
-            (name, json.dumps(labels, sort_keys=True), ts, ts, size, inodes, sid))
+    def check_commit(self, name: str, key: str) -> Row:
+        """The rules of committing KEY as NAME, without writing: NAME is free (AlreadyExists),
+        KEY exists (NotFound) and is active (FailedPrecondition). Returns KEY's row."""
+        if self.get(name) is not None:
+            raise AlreadyExists(f"snapshot {name!r} already exists")
+        row = self.need(key)
+        if row.kind is not Kind.ACTIVE:
+            raise FailedPrecondition(f"snapshot {key!r} is {row.kind.value}: only an active"
+                                     " snapshot can be committed")
+        return row
+
+    def _parent_id(self, parent: str) -> int | None:
+        """A new snapshot stands on nothing ("") or on an existing committed snapshot."""
+        if not parent:
+            return None
+        prow = self.get(parent)
+        if prow is None:
+            raise NotFound(f"parent snapshot {parent!r} does not exist")
+        if prow.kind is not Kind.COMMITTED:
+            raise InvalidArgument(f"parent {parent!r} is not a committed snapshot")
+        return prow.id
+
+    # -- writes, each after its rules ---------------------------------------------------------
+
+    def create(self, key: str, kind: Kind, parent: str, labels: dict[str, str], ts: int) -> Row:
+        """A new active snapshot or view KEY on PARENT. AlreadyExists when KEY is taken, NotFound
+        for a missing parent, InvalidArgument for a parent that is not committed."""
+        if kind is Kind.COMMITTED:
+            raise InvalidArgument("only an active snapshot or a view is created: commit one")
+        if self.get(key) is not None:
+            raise AlreadyExists(f"snapshot {key!r} already exists")
+        self._insert(key, kind, self._parent_id(parent), labels, ts)
+        return self.need(key)
+
+    def commit(self, name: str, key: str, labels: dict[str, str], ts: int, size: int,
+               inodes: int, *, expect_id: int | None = None) -> Row:
+        """Active snapshot KEY becomes committed snapshot NAME (same id, same parent), with its
+        measured SIZE and INODES; check_commit's rules. EXPECT_ID: the row check_commit returned
+        in an earlier transaction, refused (FailedPrecondition) if KEY is another one now."""
+        row = self.check_commit(name, key)
+        if expect_id is not None and row.id != expect_id:
+            raise FailedPrecondition(f"snapshot {key!r} changed during commit")
+        self._commit_active(row.id, name, labels, ts, size, inodes)
+        return self.need(name)
+
+    def create_committed(self, name: str, parent: str, labels: dict[str, str], ts: int,
+                         size: int, inodes: int) -> Row:
+        """A committed snapshot NAME on PARENT at once (its contents made elsewhere, e.g. a copy
+        of another layer); the rules of create."""
+        if self.get(name) is not None:
+            raise AlreadyExists(f"snapshot {name!r} already exists")
+        sid = self._insert(name, Kind.ACTIVE, self._parent_id(parent), labels, ts)
+        self._commit_active(sid, name, labels, ts, size, inodes)
+        return self.need(name)
 
     def set_labels(self, sid: int, labels: dict[str, str], ts: int) -> None:
         self._c.execute("UPDATE snapshots SET labels = ?, updated = ? WHERE id = ?",
                         (json.dumps(labels, sort_keys=True), ts, sid))
 
-    def delete(self, sid: int) -> None:
-        self._c.execute("DELETE FROM snapshots WHERE id = ?", (sid,))
+    def remove(self, key: str) -> Row:
+        """Forget snapshot KEY of any kind; returns its row. NotFound when there is none,
+        FailedPrecondition while a snapshot stands on it."""
+        row = self.need(key)
+        if self.has_children(row.id):
+            raise FailedPrecondition(f"cannot remove snapshot {key!r} with child")
+        self._c.execute("DELETE FROM snapshots WHERE id = ?", (row.id,))
+        return row
+
+    def _insert(self, key: str, kind: Kind, parent_id: int | None, labels: dict[str, str],
+                ts: int) -> int:
+        cur = self._c.execute(
+            "INSERT INTO snapshots (key, kind, parent, labels, created, updated)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (key, kind.value, parent_id, json.dumps(labels, sort_keys=True), ts, ts))
+        assert cur.lastrowid is not None      # set by every INSERT
+        return cur.lastrowid
+
+    def _commit_active(self, sid: int, name: str, labels: dict[str, str], ts: int,
+                       size: int, inodes: int) -> None:
+        self._c.execute(
+            "UPDATE snapshots SET key = ?, kind = 'committed', labels = ?, created = ?,"
+            " updated = ?, size = ?, inodes = ? WHERE id = ?",
+            (name, json.dumps(labels, sort_keys=True), ts, ts, size, inodes, sid))
 
 
 class MetaStore:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.processes import stop
 from tests.snapshotter.grpc_support import Server
 from unionfs import mountinfo
 
@@ -133,12 +133,7 @@ class Containerd:
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(Exception):
                 self._remove_containers()
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+            stop(self.proc, 30)
         self.proc = None
         self.snapshotter.stop()
         self._unmount_leftovers()

@@ -17,10 +17,12 @@ NL = "bad\nname"
 
 def _cases(b: Path) -> dict[str, tuple[list[str], int]]:
     """name -> (argv after `pyunion`, exit status). B holds a store `root` (one snapshot
-    `base`, committed), layer directories u/ and l/, an empty mnt/ and a file `f`."""
+    `base`, committed), layer directories u/ and l/, an empty mnt/, a file `f` and a store `bad`
+    whose databases are not SQLite."""
     r = ["--root", str(b / "root")]
     spec = f"{b / 'u'}:{b / 'l'}"
     mnt, f, missing = str(b / "mnt"), str(b / "f"), str(b / "missing" / "x")
+    bad = str(b / "bad")     # a store whose databases are not SQLite
     return {
         # the command itself
         "no command": ([], 2),
@@ -114,6 +116,17 @@ def _cases(b: Path) -> dict[str, tuple[list[str], int]]:
         "snapshot: --root is a file": (["snapshot", "ls", "--root", f], 1),
         "snapshot: root with a colon": (["snapshot", "prepare", "k", "--root",
                                          str(b / "a:b")], 1),
+        "snapshot: broken metadata database": (["snapshot", "ls", "--root", bad], 1),
+        "image: broken metadata database": (["image", "ls", "--root", bad], 1),
+        # snapshotter (containerd's proxy plugin)
+        "snapshotter: no verb": (["snapshotter"], 2),
+        "snapshotter: unknown verb": (["snapshotter", "frob"], 2),
+        "snapshotter serve: no address": (["snapshotter", "serve", *r], 2),
+        "snapshotter serve: root with a colon": (["snapshotter", "serve", "--address",
+                                                  str(b / "s.sock"), "--root", str(b / "a:b")],
+                                                 1),
+        "snapshotter serve: address under a file": (["snapshotter", "serve", "--address",
+                                                     f"{f}/s.sock", *r], 1),
         # run / rm
         "run: nothing": (["run", *r], 2),
         "run: unknown flag": (["run", "--frob", *r, "img"], 2),
@@ -121,9 +134,11 @@ def _cases(b: Path) -> dict[str, tuple[list[str], int]]:
         "run: hostile name": (["run", *r, "--name", "../../x", "nope"], 2),
         "run: newline name": (["run", *r, "--name", NL, "nope"], 2),
         "run: -e without value": (["run", *r, "-e"], 2),
+        "run: broken metadata database": (["run", "--root", bad, "img"], 125),
         "rm: nothing": (["rm", *r], 2),
         "rm: missing": (["rm", *r, "nope"], 1),
         "rm: hostile name": (["rm", *r, "../../etc"], 2),
+        "rm: broken metadata database": (["rm", "--root", bad, "c1"], 1),
         # runtime: runc's command line, and runc's exit status 1 for every error
         "runtime: unknown flag": (["runtime", "--root", str(b / "rt"), "--frob"], 1),
         "runtime state: no id": (["runtime", "--root", str(b / "rt"), "state"], 1),
@@ -149,6 +164,10 @@ def base(tmp_path_factory) -> Path:
     (b / "l" / "file").write_text("lower\n")
     (b / "f").write_text("a file\n")
     (b / "ul").symlink_to(b / "l")
+    (b / "bad" / "snapshots").mkdir(parents=True, mode=0o700)   # what opening a store makes
+    (b / "bad" / "metadata.db.lock").touch(mode=0o600)
+    for db in ("metadata.db", "images.db"):
+        (b / "bad" / db).write_text("not a database\n")
     with Snapshotter(b / "root") as sn:
         sn.prepare("base-a")
         sn.commit("base", "base-a")

@@ -14,6 +14,9 @@ import math
 import os
 from dataclasses import dataclass, field
 
+# re-exported: a command line that cannot be mounted is the commands' one usage error (exit 2)
+from unionfs.exits import UsageError as UsageError
+
 # Options handed to the kernel/libfuse mount as they are.
 FUSE_FLAGS = frozenset({
     "allow_other", "default_permissions", "ro", "rw", "suid", "nosuid", "dev", "nodev", "exec",
@@ -35,10 +38,6 @@ IGNORED = frozenset({
     "squash_to_gid", "kernel_cache", "splice_read", "splice_write",
     "splice_move", "max_write", "big_writes", "index", "metacopy", "userxattr", "clone_fd",
 })
-
-
-class UsageError(Exception):
-    """A command line that cannot be mounted; str() is the one-line reason."""
 
 
 @dataclass

@@ -5,6 +5,8 @@ static test below keeps it that way for the mount table."""
 from __future__ import annotations
 
 import ast
+import ctypes
+import importlib
 import os
 import subprocess
 import sys
@@ -75,29 +77,37 @@ def _reads_mountinfo(tree: ast.AST) -> list[int]:
         return any(isinstance(n, ast.Constant) and isinstance(n.value, str)
                    and "mountinfo" in n.value for n in ast.walk(arg))
 
-    found = []
+    return [n.lineno for name, n in _calls(tree)
+            if name in ("open", "Path", "PurePath", "read_text", "read_bytes")
+            and any(names_it(a) for a in n.args)]
+
+
+def _calls(tree: ast.AST):
+    """(called name, call node) of every call in TREE: `f(...)` and `x.f(...)` are both f."""
     for n in ast.walk(tree):
-        if not isinstance(n, ast.Call):
-            continue
-        f = n.func
-        name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
-        if name in ("open", "Path", "PurePath", "read_text", "read_bytes") and any(
-                names_it(a) for a in n.args):
-            found.append(n.lineno)
-    return found
+        if isinstance(n, ast.Call):
+            f = n.func
+            yield (f.id if isinstance(f, ast.Name) else
+                   f.attr if isinstance(f, ast.Attribute) else ""), n
 
 
 def test_mountinfo_is_parsed_in_one_place():
     """Only unionfs/mountinfo.py opens a mountinfo file; everything else in the product, the
     benchmarks and the tests' own helpers asks it (a container's view, read from inside it by
     `cat /proc/self/mountinfo`, is a shell command, not a parser)."""
+    found = _scan(("pyunion", "unionfs", "snapshotter", "bench", "tests"), _reads_mountinfo)
+    assert set(found) == {"unionfs/mountinfo.py"}, found
+
+
+def _scan(packages: tuple[str, ...], finder) -> dict[str, list[int]]:
+    """file -> lines FINDER reports, for every module of PACKAGES where it reports any."""
     found = {}
-    for pkg in ("pyunion", "unionfs", "snapshotter", "bench", "tests"):
+    for pkg in packages:
         for path in (REPO / pkg).rglob("*.py"):
-            lines = _reads_mountinfo(ast.parse(path.read_text(), str(path)))
+            lines = finder(ast.parse(path.read_text(), str(path)))
             if lines:
                 found[str(path.relative_to(REPO))] = lines
-    assert set(found) == {"unionfs/mountinfo.py"}, found
+    return found
 
 
 def test_the_static_check_sees_a_second_parser():
@@ -177,8 +187,45 @@ def test_id_maps_inside_a_user_namespace():
 
 def test_libc_is_loaded_once_for_every_caller():
     from snapshotter.runtime import syscalls
+    fuse_mount = importlib.import_module("unionfs.transport.mount")  # the package shadows it
     assert libc.handle() is libc.handle()
     assert syscalls._libc is libc.handle()
+    # the FUSE mount's prototypes are declared on the one handle, where every caller sees them
+    assert fuse_mount.libc.handle() is libc.handle()
+    assert libc.handle().mount.argtypes[3] is ctypes.c_ulong
+
+
+_LOADERS = {"CDLL", "PyDLL", "LoadLibrary", "find_library", "dlopen"}
+
+
+def _loads_libc(tree: ast.AST) -> list[int]:
+    """Lines that load a shared library other than by a literal name that is not the C library:
+    ctypes.CDLL(None), CDLL("libc.so.6"), CDLL(find_library("c")), cdll.LoadLibrary(...), ...
+    (libseccomp by its soname is another library, not a second libc loader)."""
+    found = []
+    for name, n in _calls(tree):
+        if name not in _LOADERS:
+            continue
+        arg = n.args[0] if n.args else None
+        literal = isinstance(arg, ast.Constant) and isinstance(arg.value, str)
+        if not literal or arg.value in ("c", "libc") or arg.value.startswith("libc."):
+            found.append(n.lineno)
+    return found
+
+
+def test_libc_is_loaded_in_one_place():
+    """Only unionfs/libc.py loads the C library (once, by soname: find_library runs ldconfig);
+    every other ctypes caller takes `libc.handle()`, so argtypes and errno handling are the
+    same for all (unionfs/transport/mount.py loaded its own through find_library)."""
+    found = _scan(("pyunion", "unionfs", "snapshotter", "bench"), _loads_libc)
+    assert set(found) == {"unionfs/libc.py"}, found
+
+
+def test_the_libc_scan_sees_every_way_of_loading_it():
+    code = ("import ctypes, ctypes.util\nfrom ctypes import CDLL\n"
+            "ctypes.CDLL(None)\nCDLL('libc.so.6')\nctypes.CDLL(ctypes.util.find_library('c'))\n"
+            "ctypes.cdll.LoadLibrary(name)\nctypes.CDLL('libseccomp.so.2')\n")
+    assert sorted(_loads_libc(ast.parse(code))) == [3, 4, 5, 5, 6]
 
 
 TREE_SCRIPT = """

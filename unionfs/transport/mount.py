@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
-import functools
 import os
 import socket
 import stat
 import subprocess
 from dataclasses import dataclass
+
+from unionfs import libc
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_SYNCHRONOUS = 1, 2, 4, 8, 16
 MS_DIRSYNC, MS_NOATIME, MS_NODIRATIME, MNT_DETACH = 128, 1024, 2048, 2
@@ -47,14 +47,6 @@ class Mounted:
     fd: int
     target: str
     privileged: bool          # mounted by mount(2) ourselves (else through fusermount3)
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
-    libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-    return libc
 
 
 def split_options(options: set[str] | list[str]) -> tuple[int, list[str], str, str]:
@@ -93,8 +85,7 @@ def _mount_root(target: str, options, rootmode: int) -> Mounted:
     fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
     opts = ",".join([f"fd={fd}", f"rootmode={rootmode:o}", f"user_id={os.getuid()}",
                      f"group_id={os.getgid()}", *data])
-    libc = _libc()
-    if libc.mount(fsname.encode(), os.fsencode(target), f"fuse.{subtype}".encode(), flags,
+    if libc.handle().mount(fsname.encode(), os.fsencode(target), f"fuse.{subtype}".encode(), flags,
                   opts.encode()) != 0:
         err = ctypes.get_errno()
         os.close(fd)
@@ -131,7 +122,7 @@ def _mount_fusermount(target: str, options) -> Mounted:
 def unmount(m: Mounted, lazy: bool = True) -> None:
     """Detach the mount (lazily: open files keep working until closed); idempotent."""
     if m.privileged:
-        if _libc().umount2(os.fsencode(m.target), MNT_DETACH if lazy else 0) != 0:
+        if libc.handle().umount2(os.fsencode(m.target), MNT_DETACH if lazy else 0) != 0:
             err = ctypes.get_errno()
             if err not in (22, 2):      # EINVAL/ENOENT: already gone
                 raise MountFailed(err, f"umount {m.target}: {os.strerror(err)}")
