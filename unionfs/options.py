@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 
 # re-exported: a command line that cannot be mounted is the commands' one usage error (exit 2)
-from unionfs.exits import UsageError as UsageError
+from unionfs.exits import UsageError
 
 # Options handed to the kernel/libfuse mount as they are.
 FUSE_FLAGS = frozenset({
