@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 from snapshotter.runtime import init, seccomp, spec
 from snapshotter.runtime import syscalls as sc
-from snapshotter.runtime.init import Channel
+from snapshotter.runtime.handshake import Channel, Exec, Pid
 
 # setns order: user first (it grants the rights to join the rest), mount last but one so
 # /proc paths are not needed after it, cgroup after mount as runc's nsexec does.
@@ -42,7 +42,7 @@ def stage_a(ch: Channel, ns_fds: dict[str, int], config: dict[str, Any], process
         pid = os.fork()
         if pid == 0:
             _stage_b(ch, config, process, csock, preserve)
-        ch.send(t="pid", pid=pid)
+        ch.send(Pid(pid))
         os._exit(0)
     except BaseException as e:  # noqa: BLE001 - reaches the runtime as one line
         init._fail(ch, e)
@@ -79,7 +79,7 @@ def _stage_b(ch: Channel, config: dict[str, Any], process: dict[str, Any],
                 signal.signal(s, signal.SIG_DFL)
             except (OSError, ValueError):
                 pass
-        ch.send(t="exec")
+        ch.send(Exec())
         if filt is not None and nnp:
             filt.load()
         os.execve(exe, process["args"], dict(e.split("=", 1) for e in env if "=" in e))

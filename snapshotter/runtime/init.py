@@ -15,7 +15,6 @@ Everything B needs is imported before pivot_root: after it, the host's Python li
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import signal
@@ -26,31 +25,11 @@ from typing import Any, NoReturn
 from snapshotter.runtime import console, hooks, mounts, seccomp, spec
 from snapshotter.runtime import syscalls as sc
 from snapshotter.runtime.errors import ContainerError
+from snapshotter.runtime.handshake import Channel, Error, Hooks, Pid, Ready, UserNs
 from snapshotter.runtime.state import OCI_VERSION
 
 _KILL_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
                  signal.SIGUSR2)
-
-
-class Channel:
-    """Framed JSON messages over the SOCK_SEQPACKET pair shared by runtime and init."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-
-    def send(self, **msg: Any) -> None:
-        self.sock.send(json.dumps(msg).encode())
-
-    def recv(self) -> dict[str, Any]:
-        raw = self.sock.recv(1 << 16)
-        if not raw:
-            raise ContainerError("runtime went away")
-        return json.loads(raw)
-
-    def expect_ok(self) -> None:
-        msg = self.recv()
-        if msg.get("t") != "ok":
-            raise ContainerError(msg.get("msg") or "aborted by the runtime")
 
 
 def describe(e: BaseException) -> str:
@@ -72,7 +51,7 @@ def stage_a(ch: Channel, config: dict[str, Any], bundle: str, rootfs: str,
             sc.setns(fds.pop("user"), sc.CLONE_NEWUSER)
         elif "user" in nss:
             sc.unshare(sc.CLONE_NEWUSER)
-            ch.send(t="userns")
+            ch.send(UserNs())
             ch.expect_ok()
         if "user" in nss:
             os.setresgid(0, 0, 0)
@@ -90,7 +69,7 @@ def stage_a(ch: Channel, config: dict[str, Any], bundle: str, rootfs: str,
         pid = os.fork()
         if pid == 0:
             stage_b(ch, config, bundle, rootfs, statefd, cid, csock, preserve)
-        ch.send(t="pid", pid=pid)
+        ch.send(Pid(pid))
         os._exit(0)
     except BaseException as e:  # noqa: BLE001 - anything must reach the runtime as one line
         _fail(ch, e)
@@ -98,7 +77,7 @@ def stage_a(ch: Channel, config: dict[str, Any], bundle: str, rootfs: str,
 
 def _fail(ch: Channel, e: BaseException) -> NoReturn:
     try:
-        ch.send(t="error", msg=describe(e))
+        ch.send(Error(describe(e)))
     finally:
         os._exit(1)
 
@@ -143,7 +122,7 @@ def _build(ch: Channel, config: dict, bundle: str, rootfs: str, statefd: int,
     mounts.do_mounts(rootfs, bundle, cfg_mounts)
     if not mounts.dev_is_bind(cfg_mounts):
         mounts.create_devices(rootfs, linux.get("devices") or [], "user" in nss)
-    ch.send(t="hooks")  # prestart + createRuntime, in the runtime's namespaces
+    ch.send(Hooks())  # prestart + createRuntime, in the runtime's namespaces
     ch.expect_ok()
     hooks.run_hooks(spec.hooks(config, "createContainer"),
                     _hook_state(config, bundle, cid, "creating"), cwd=rootfs)
@@ -181,7 +160,7 @@ def _build(ch: Channel, config: dict, bundle: str, rootfs: str, statefd: int,
     if filt is not None and not nnp:
         filt.load()  # without no_new_privs loading needs CAP_SYS_ADMIN: before caps drop
     _set_user(proc, cap_last, setgroups)
-    ch.send(t="ready")
+    ch.send(Ready())
     ch.sock.close()
     _close_fds_except({statefd, *preserved_fds(preserve)})
     fifo = os.open("exec.fifo", os.O_WRONLY | os.O_CLOEXEC, dir_fd=statefd)  # blocks: `start`

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from snapshotter.runtime import cgroups, console, exec_init, hooks, init, rootless, spec
+from snapshotter.runtime import handshake as hs
 from snapshotter.runtime import syscalls as sc
 from snapshotter.runtime.errors import ContainerError
 from snapshotter.runtime.state import (
@@ -154,14 +155,14 @@ class Runtime:
             pid_a = os.fork()
             if pid_a == 0:
                 parent.close()
-                init.stage_a(init.Channel(child), config, bundle, rootfs, statefd, cid, csock,
+                init.stage_a(hs.Channel(child), config, bundle, rootfs, statefd, cid, csock,
                              preserve_fds)
             os.close(statefd)
             if csock is not None:
                 csock.close()
             child.close()
             with parent:
-                ch = init.Channel(parent)
+                ch = hs.Channel(parent)
                 if cg:
                     try:
                         cg.add(pid_a)
@@ -177,7 +178,6 @@ class Runtime:
                     else:
                         if not rootless_ and resources:
                             cg.set(resources, self.warn)
-                ch.send(t="ok")
                 self._handshake(ch, st, pid_a, config)
             st["status"] = "created"
             st.pop("creator")
@@ -191,57 +191,74 @@ class Runtime:
             raise
         return st
 
-    def _handshake(self, ch: init.Channel, st: dict[str, Any], pid_a: int,
+    def _handshake(self, ch: hs.Channel, st: dict[str, Any], pid_a: int,
                    config: dict[str, Any]) -> None:
+        """The runtime's side of handshake.py's `create` diagram. Each wait watches the process
+        whose message is due (stage A until Pid, then the init), so a dead one ends it."""
         linux = config.get("linux") or {}
-        while True:
-            try:
-                msg = ch.recv()
-            except ContainerError:
-                cg = cgroups.Cgroup.from_state(st.get("cgroup"))
-                if cg and cg.oom_kills():
-                    raise ContainerError("container init was OOM-killed (memory limit too "
-                                         "low?)") from None
-                raise ContainerError("container init exited before it was ready") from None
-            t = msg.get("t")
-            if t == "userns":
+        watched = hs.watch(pid_a)
+        try:
+            self._send(ch, hs.Ok(), st)
+            while True:
                 try:
-                    rootless.write_id_maps(pid_a, linux.get("uidMappings") or [],
-                                           linux.get("gidMappings") or [])
-                except (ContainerError, OSError) as e:
-                    ch.send(t="error", msg=str(e))
-                    raise
-                ch.send(t="ok")
-            elif t == "pid":
-                st["pid"] = msg["pid"]
-                st["pid_start"] = proc_start_time(msg["pid"])
-                self.sd.write(st)
-                os.waitpid(pid_a, 0)
-                if "oomScoreAdj" in config["process"]:
-                    # From here (host root): the init is non-dumpable, and in a user namespace
-                    # its own /proc/self files are not its to write.
+                    msg = ch.recv(watch=watched)
+                except hs.PeerGone:
+                    raise self._init_died(st) from None
+                if isinstance(msg, hs.UserNs):
                     try:
-                        Path(f"/proc/{st['pid']}/oom_score_adj").write_text(
-                            str(config["process"]["oomScoreAdj"]))
-                    except PermissionError:
-                        if not rootless.is_rootless():
-                            raise
-                        self.warn("process.oomScoreAdj ignored: lowering it needs root")
-                ch.send(t="ok")
-            elif t == "hooks":
-                state = hook_state(st, "creating", st["pid"])
-                try:
-                    hooks.run_hooks(spec.hooks(config, "prestart"), state, cwd=st["bundle"])
-                    hooks.run_hooks(spec.hooks(config, "createRuntime"), state,
-                                    cwd=st["bundle"])
-                except ContainerError as e:
-                    ch.send(t="error", msg=str(e))
-                    raise
-                ch.send(t="ok")
-            elif t == "ready":
-                return
-            elif t == "error":
-                raise ContainerError(msg.get("msg") or "container init failed")
+                        rootless.write_id_maps(pid_a, linux.get("uidMappings") or [],
+                                               linux.get("gidMappings") or [])
+                    except (ContainerError, OSError) as e:
+                        self._send(ch, hs.Error(str(e)), st)
+                        raise
+                elif isinstance(msg, hs.Pid):
+                    st["pid"] = msg.pid
+                    st["pid_start"] = proc_start_time(msg.pid)
+                    self.sd.write(st)
+                    os.close(watched)
+                    watched = hs.watch(msg.pid)  # before A is reaped: B is A's or our child
+                    os.waitpid(pid_a, 0)
+                    if "oomScoreAdj" in config["process"]:
+                        # From here (host root): the init is non-dumpable, and in a user
+                        # namespace its own /proc/self files are not its to write.
+                        try:
+                            Path(f"/proc/{st['pid']}/oom_score_adj").write_text(
+                                str(config["process"]["oomScoreAdj"]))
+                        except PermissionError:
+                            if not rootless.is_rootless():
+                                raise
+                            self.warn("process.oomScoreAdj ignored: lowering it needs root")
+                elif isinstance(msg, hs.Hooks):
+                    state = hook_state(st, "creating", st["pid"])
+                    try:
+                        hooks.run_hooks(spec.hooks(config, "prestart"), state, cwd=st["bundle"])
+                        hooks.run_hooks(spec.hooks(config, "createRuntime"), state,
+                                        cwd=st["bundle"])
+                    except ContainerError as e:
+                        self._send(ch, hs.Error(str(e)), st)
+                        raise
+                elif isinstance(msg, hs.Ready):
+                    return
+                elif isinstance(msg, hs.Error):
+                    raise ContainerError(msg.msg or "container init failed")
+                else:
+                    raise ContainerError(f"unexpected handshake message {msg}")
+                self._send(ch, hs.Ok(), st)
+        finally:
+            os.close(watched)
+
+    def _send(self, ch: hs.Channel, msg: hs.Message, st: dict[str, Any]) -> None:
+        try:
+            ch.send(msg)
+        except hs.PeerGone:
+            raise self._init_died(st) from None
+
+    @staticmethod
+    def _init_died(st: dict[str, Any]) -> ContainerError:
+        cg = cgroups.Cgroup.from_state(st.get("cgroup"))
+        if cg and cg.oom_kills():
+            return ContainerError("container init was OOM-killed (memory limit too low?)")
+        return ContainerError("container init exited before it was ready")
 
     def _kill_everything(self, st: dict[str, Any],
                          extra: list[int] | tuple[int, ...] = ()) -> list[tuple[int, int | None]]:
@@ -437,7 +454,7 @@ class Runtime:
             pid_a = os.fork()
             if pid_a == 0:
                 parent.close()
-                exec_init.stage_a(init.Channel(child), ns_fds, config, process, csock,
+                exec_init.stage_a(hs.Channel(child), ns_fds, config, process, csock,
                                   preserve_fds)
         finally:
             for fd in ns_fds.values():
@@ -445,30 +462,17 @@ class Runtime:
             if csock is not None:
                 csock.close()
         child.close()
-        pid_b = 0
+        pids = [pid_a]  # and B's, once known
         try:
             with parent:
-                ch = init.Channel(parent)
+                ch = hs.Channel(parent)
                 cg = cgroups.Cgroup.from_state(st.get("cgroup"))
                 if cg:
                     cg.add(pid_a)
-                ch.send(t="ok")
-                while True:
-                    try:
-                        msg = ch.recv()
-                    except ContainerError:
-                        if pid_b:
-                            break  # EOF after "exec": execve happened
-                        raise ContainerError("exec process exited before it started") \
-                            from None
-                    if msg.get("t") == "pid":
-                        pid_b = msg["pid"]
-                        os.waitpid(pid_a, 0)
-                    elif msg.get("t") == "error":
-                        raise ContainerError("unable to start container process: "
-                                             + (msg.get("msg") or "failed"))
+                self._exec_handshake(ch, pids)
+                pid_b = pids[1]
         except BaseException:
-            for p in (pid_a, pid_b):
+            for p in pids:
                 if p:
                     try:
                         os.kill(p, signal.SIGKILL)
@@ -502,6 +506,35 @@ class Runtime:
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
+
+    @staticmethod
+    def _exec_handshake(ch: hs.Channel, pids: list[int]) -> None:
+        """The runtime's side of handshake.py's `exec` diagram. PIDS: [A]; B is appended once
+        known, and on return B has exec'd."""
+        watched = hs.watch(pids[0])
+        try:
+            ch.send(hs.Ok())
+            while True:
+                msg = ch.recv(watch=watched)
+                if isinstance(msg, hs.Pid) and len(pids) == 1:
+                    pids.append(msg.pid)
+                    os.close(watched)
+                    watched = hs.watch(msg.pid)
+                    os.waitpid(pids[0], 0)
+                elif isinstance(msg, hs.Exec) and len(pids) == 2:
+                    try:  # EOF once execve has closed B's end (close-on-exec)
+                        msg = ch.recv(watch=watched)
+                    except hs.PeerGone:
+                        return
+                if isinstance(msg, hs.Error):
+                    raise ContainerError("unable to start container process: "
+                                         + (msg.msg or "failed"))
+                if not isinstance(msg, hs.Pid | hs.Exec):
+                    raise ContainerError(f"unexpected handshake message {msg}")
+        except hs.PeerGone:
+            raise ContainerError("exec process exited before it started") from None
+        finally:
+            os.close(watched)
 
     # -- cgroup operations -----------------------------------------------------------------
     def _live_cgroup(self, cid: str) -> tuple[dict[str, Any], cgroups.Cgroup]:
