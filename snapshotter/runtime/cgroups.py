@@ -242,8 +242,10 @@ class Cgroup:
                 return "" in self.paths and f.read_text().strip() == "1"
             except OSError:
                 return False
+        freezer = self.dir("freezer")
         try:
-            return (self.dir("freezer") / "freezer.state").read_text().strip() != "THAWED"
+            return freezer is not None and \
+                (freezer / "freezer.state").read_text().strip() != "THAWED"
         except OSError:
             return False
 

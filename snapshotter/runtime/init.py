@@ -210,7 +210,7 @@ def _lookup(name: str, env: list[str]) -> str:
         try:
             os.stat(name)
         except OSError as e:
-            raise ContainerError(f'exec: "{name}": stat {name}: {e.strerror.lower()}') from None
+            raise ContainerError(f'exec: "{name}": stat {name}: {(e.strerror or str(e)).lower()}') from None
         return name
     for d in spec.lookup_path(env).split(":"):
         cand = os.path.join(d or ".", name)

@@ -7,6 +7,7 @@ with its last process.
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import select
@@ -358,7 +359,7 @@ class Runtime:
     def state(self, cid: str) -> dict[str, Any]:
         return self.sd.public(self.sd.read(cid))
 
-    def list(self) -> list[dict[str, Any]]:
+    def list(self) -> builtins.list[dict[str, Any]]:
         out = []
         for cid in self.sd.ids():
             try:
@@ -367,7 +368,7 @@ class Runtime:
                 continue
         return out
 
-    def pids(self, cid: str) -> list[int]:
+    def pids(self, cid: str) -> builtins.list[int]:
         """Host pids in the container (its cgroup; without one, just the init)."""
         st = self.sd.read(cid)
         if self.sd.status(st) not in ("created", "running", "paused"):
@@ -434,6 +435,7 @@ class Runtime:
                                  "allocate tty")
         config = st["config"]
         ours = None
+        csock: socket.socket | None
         if terminal and console_socket is None:
             ours, csock = console.socketpair_for_relay()
         else:
@@ -508,7 +510,7 @@ class Runtime:
                 signal.signal(s, h)
 
     @staticmethod
-    def _exec_handshake(ch: hs.Channel, pids: list[int]) -> None:
+    def _exec_handshake(ch: hs.Channel, pids: builtins.list[int]) -> None:
         """The runtime's side of handshake.py's `exec` diagram. PIDS: [A]; B is appended once
         known, and on return B has exec'd."""
         watched = hs.watch(pids[0])
