@@ -25,6 +25,7 @@ from snapshotter.runtime.errors import ContainerError
 from snapshotter.runtime.state import (
     DEFAULT_ROOT,
     OCI_VERSION,
+    State,
     StateDir,
     now_rfc3339,
     proc_start_time,
@@ -63,14 +64,14 @@ def _wait_gone(pid: int, start: int | None, timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
-def hook_state(st: dict[str, Any], status: str, pid: int | None) -> dict[str, Any]:
+def hook_state(st: State, status: str, pid: int | None) -> dict[str, Any]:
     """The state a hook reads on stdin: exactly runtime.md's fields."""
-    out: dict[str, Any] = {"ociVersion": OCI_VERSION, "id": st["id"], "status": status}
+    out: dict[str, Any] = {"ociVersion": OCI_VERSION, "id": st.id, "status": status}
     if pid:
         out["pid"] = pid
-    out["bundle"] = st["bundle"]
-    if st.get("annotations"):
-        out["annotations"] = st["annotations"]
+    out["bundle"] = st.bundle
+    if st.annotations:
+        out["annotations"] = st.annotations
     return out
 
 
@@ -91,7 +92,7 @@ class Runtime:
     # -- create -----------------------------------------------------------------------------
     def create(self, cid: str, bundle: str, pid_file: str | None = None,
                console_socket: str | socket.socket | None = None,
-               preserve_fds: int = 0) -> dict[str, Any]:
+               preserve_fds: int = 0) -> State:
         """CONSOLE_SOCKET: a path (--console-socket) or a connected socket (our own relay)."""
         if not spec.valid_id(cid):
             raise ContainerError("invalid container ID format")
@@ -123,12 +124,9 @@ class Runtime:
                  else console_socket)
         sdir = self.sd.claim(cid)
         me = os.getpid()
-        st: dict[str, Any] = {
-            "id": cid, "bundle": bundle, "rootfs": rootfs, "created": now_rfc3339(),
-            "annotations": config.get("annotations") or {}, "config": config,
-            "status": "creating", "creator": [me, proc_start_time(me)],
-            "pid": 0, "pid_start": None, "cgroup": None,
-        }
+        st = State(id=cid, bundle=bundle, rootfs=rootfs, created=now_rfc3339(), config=config,
+                   annotations=config.get("annotations") or {},
+                   creator=(me, proc_start_time(me)))
         pid_a = 0
         try:
             self.sd.write(st)
@@ -147,7 +145,7 @@ class Runtime:
                 why = ("no cgroup is delegated to this user" if cg is None
                        else "pyunion-runtime sets no cgroup limits rootless")
                 self.warn(f"linux.resources ignored: {why}, so no limits are applied")
-            st["cgroup"] = cg.to_state() if cg else None
+            st.cgroup = cg.to_state() if cg else None
             self.sd.write(st)
             parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)  # the init re-parents to us: run can wait
@@ -174,25 +172,25 @@ class Runtime:
                         self.warn(f"not tracking the container in cgroup {cg.paths}: "
                                   f"{e.strerror}")
                         cg.remove()
-                        st["cgroup"] = None
+                        st.cgroup = None
                         self.sd.write(st)
                     else:
                         if not rootless_ and resources:
                             cg.set(resources, self.warn)
                 self._handshake(ch, st, pid_a, config)
-            st["status"] = "created"
-            st.pop("creator")
+            st.status = "created"
+            st.creator = None
             self.sd.write(st)
             if pid_file:
                 tmp = f"{pid_file}.tmp"
-                Path(tmp).write_text(str(st["pid"]))
+                Path(tmp).write_text(str(st.pid))
                 os.replace(tmp, pid_file)
         except BaseException:
             self._destroy(st, extra=[pid_a] if pid_a else [])
             raise
         return st
 
-    def _handshake(self, ch: hs.Channel, st: dict[str, Any], pid_a: int,
+    def _handshake(self, ch: hs.Channel, st: State, pid_a: int,
                    config: dict[str, Any]) -> None:
         """The runtime's side of handshake.py's `create` diagram. Each wait watches the process
         whose message is due (stage A until Pid, then the init), so a dead one ends it."""
@@ -213,8 +211,8 @@ class Runtime:
                         self._send(ch, hs.Error(str(e)), st)
                         raise
                 elif isinstance(msg, hs.Pid):
-                    st["pid"] = msg.pid
-                    st["pid_start"] = proc_start_time(msg.pid)
+                    st.pid = msg.pid
+                    st.pid_start = proc_start_time(msg.pid)
                     self.sd.write(st)
                     os.close(watched)
                     watched = hs.watch(msg.pid)  # before A is reaped: B is A's or our child
@@ -223,18 +221,18 @@ class Runtime:
                         # From here (host root): the init is non-dumpable, and in a user
                         # namespace its own /proc/self files are not its to write.
                         try:
-                            Path(f"/proc/{st['pid']}/oom_score_adj").write_text(
+                            Path(f"/proc/{st.pid}/oom_score_adj").write_text(
                                 str(config["process"]["oomScoreAdj"]))
                         except PermissionError:
                             if not rootless.is_rootless():
                                 raise
                             self.warn("process.oomScoreAdj ignored: lowering it needs root")
                 elif isinstance(msg, hs.Hooks):
-                    state = hook_state(st, "creating", st["pid"])
+                    state = hook_state(st, "creating", st.pid)
                     try:
-                        hooks.run_hooks(spec.hooks(config, "prestart"), state, cwd=st["bundle"])
+                        hooks.run_hooks(spec.hooks(config, "prestart"), state, cwd=st.bundle)
                         hooks.run_hooks(spec.hooks(config, "createRuntime"), state,
-                                        cwd=st["bundle"])
+                                        cwd=st.bundle)
                     except ContainerError as e:
                         self._send(ch, hs.Error(str(e)), st)
                         raise
@@ -248,28 +246,28 @@ class Runtime:
         finally:
             os.close(watched)
 
-    def _send(self, ch: hs.Channel, msg: hs.Message, st: dict[str, Any]) -> None:
+    def _send(self, ch: hs.Channel, msg: hs.Message, st: State) -> None:
         try:
             ch.send(msg)
         except hs.PeerGone:
             raise self._init_died(st) from None
 
     @staticmethod
-    def _init_died(st: dict[str, Any]) -> ContainerError:
-        cg = cgroups.Cgroup.from_state(st.get("cgroup"))
+    def _init_died(st: State) -> ContainerError:
+        cg = cgroups.Cgroup.from_state(st.cgroup)
         if cg and cg.oom_kills():
             return ContainerError("container init was OOM-killed (memory limit too low?)")
         return ContainerError("container init exited before it was ready")
 
-    def _kill_everything(self, st: dict[str, Any],
+    def _kill_everything(self, st: State,
                          extra: list[int] | tuple[int, ...] = ()) -> list[tuple[int, int | None]]:
         """SIGKILL the init (if it is still the same process), `extra` and the whole cgroup."""
         victims: list[tuple[int, int | None]] = []
-        for p in [*extra, st.get("pid") or 0]:
+        for p in [*extra, st.pid]:
             if not p:
                 continue
             start = proc_start_time(p)
-            if p == st.get("pid") and start != st.get("pid_start"):
+            if p == st.pid and start != st.pid_start:
                 start = None  # a different process reusing the pid: not ours
             if start is not None:
                 try:
@@ -277,18 +275,18 @@ class Runtime:
                 except ProcessLookupError:
                     pass
             victims.append((p, start))
-        cg = cgroups.Cgroup.from_state(st.get("cgroup"))
+        cg = cgroups.Cgroup.from_state(st.cgroup)
         if cg:
             cg.kill_all(signal.SIGKILL)
             if cg.frozen():
                 cg.freeze(False)  # frozen tasks die only once thawed
         return victims
 
-    def _destroy(self, st: dict[str, Any], extra: list[int] | tuple[int, ...] = ()) -> None:
+    def _destroy(self, st: State, extra: list[int] | tuple[int, ...] = ()) -> None:
         """Undo create: no process, cgroup or state directory is left."""
         for p, start in self._kill_everything(st, extra):
             _wait_gone(p, start)
-        cg = cgroups.Cgroup.from_state(st.get("cgroup"))
+        cg = cgroups.Cgroup.from_state(st.cgroup)
         if cg:
             deadline = time.monotonic() + 5
             while cg.procs() and time.monotonic() < deadline:
@@ -298,7 +296,7 @@ class Runtime:
                 cg.remove()
             except OSError as e:
                 self.warn(f"could not remove cgroup {e.filename}: {e.strerror}")
-        self.sd.remove(st["id"])
+        self.sd.remove(st.id)
 
     # -- start ------------------------------------------------------------------------------
     def start(self, cid: str) -> None:
@@ -324,15 +322,15 @@ class Runtime:
         if data != b"0":
             self._kill_everything(st)
             raise ContainerError(data[1:].decode(errors="replace").removeprefix("error: "))
-        state = hook_state(st, "running", st["pid"])
+        state = hook_state(st, "running", st.pid)
         try:
-            hooks.run_hooks(spec.hooks(st["config"], "poststart"), state, cwd=st["bundle"])
+            hooks.run_hooks(spec.hooks(st.config, "poststart"), state, cwd=st.bundle)
         except ContainerError:
             for p, start in self._kill_everything(st):
                 _wait_gone(p, start)
             raise
 
-    def _await_exec(self, fd: int, st: dict[str, Any]) -> bytes:
+    def _await_exec(self, fd: int, st: State) -> bytes:
         """Read the fifo until EOF: b"0" then EOF = exec happened; b"0error: ..." = it failed."""
         poller = select.poll()
         poller.register(fd, select.POLLIN)
@@ -345,7 +343,7 @@ class Runtime:
                     continue
                 if data:
                     return data
-            if proc_start_time(st["pid"]) != st["pid_start"]:
+            if proc_start_time(st.pid) != st.pid_start:
                 # init gone: collect anything it wrote before dying
                 try:
                     data += os.read(fd, 4096)
@@ -373,8 +371,8 @@ class Runtime:
         st = self.sd.read(cid)
         if self.sd.status(st) not in ("created", "running", "paused"):
             return []
-        cg = cgroups.Cgroup.from_state(st.get("cgroup"))
-        return cg.procs() if cg else [st["pid"]]
+        cg = cgroups.Cgroup.from_state(st.cgroup)
+        return cg.procs() if cg else [st.pid]
 
     def kill(self, cid: str, sig: str = "TERM", all_: bool = False) -> None:
         signum = parse_signal(sig)
@@ -384,7 +382,7 @@ class Runtime:
             if all_ and status == "stopped":
                 return  # as runc: nothing left to signal
             raise ContainerError("container not running")
-        cg = cgroups.Cgroup.from_state(st.get("cgroup"))
+        cg = cgroups.Cgroup.from_state(st.cgroup)
         if all_ and cg:
             paused = cg.frozen()
             freeze = cg.can_freeze()
@@ -395,7 +393,7 @@ class Runtime:
                 cg.freeze(False)
         else:
             try:
-                os.kill(st["pid"], signum)
+                os.kill(st.pid, signum)
             except ProcessLookupError:
                 raise ContainerError("container not running") from None
 
@@ -411,7 +409,7 @@ class Runtime:
             raise ContainerError(f"cannot delete container {cid} that is not stopped: {status}")
         self._destroy(st)
         state = hook_state(st, "stopped", None)
-        hooks.run_poststop(spec.hooks(st["config"], "poststop"), state, self.warn)
+        hooks.run_poststop(spec.hooks(st.config, "poststop"), state, self.warn)
 
     # -- exec -------------------------------------------------------------------------------
     def exec(self, cid: str, process: dict[str, Any], detach: bool = False,
@@ -433,7 +431,7 @@ class Runtime:
         if not terminal and console_socket is not None:
             raise ContainerError("cannot use console socket if runc will not detach or "
                                  "allocate tty")
-        config = st["config"]
+        config = st.config
         ours = None
         csock: socket.socket | None
         if terminal and console_socket is None:
@@ -443,12 +441,12 @@ class Runtime:
         ns_fds: dict[str, int] = {}
         try:
             for t in spec.namespaces(config):
-                if t == "user" and os.readlink(f"/proc/{st['pid']}/ns/user") == \
+                if t == "user" and os.readlink(f"/proc/{st.pid}/ns/user") == \
                         os.readlink("/proc/self/ns/user"):
                     continue  # setns into one's own user namespace is EINVAL
-                ns_fds[t] = os.open(f"/proc/{st['pid']}/ns/{spec.NAMESPACE_PROC[t]}",
+                ns_fds[t] = os.open(f"/proc/{st.pid}/ns/{spec.NAMESPACE_PROC[t]}",
                                     os.O_RDONLY | os.O_CLOEXEC)
-            if proc_start_time(st["pid"]) != st["pid_start"]:
+            if proc_start_time(st.pid) != st.pid_start:
                 raise ContainerError("cannot exec in a stopped container")
             if not detach:
                 sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)  # B re-parents to us: we wait for it
@@ -468,7 +466,7 @@ class Runtime:
         try:
             with parent:
                 ch = hs.Channel(parent)
-                cg = cgroups.Cgroup.from_state(st.get("cgroup"))
+                cg = cgroups.Cgroup.from_state(st.cgroup)
                 if cg:
                     cg.add(pid_a)
                 self._exec_handshake(ch, pids)
@@ -539,12 +537,12 @@ class Runtime:
             os.close(watched)
 
     # -- cgroup operations -----------------------------------------------------------------
-    def _live_cgroup(self, cid: str) -> tuple[dict[str, Any], cgroups.Cgroup]:
+    def _live_cgroup(self, cid: str) -> tuple[State, cgroups.Cgroup]:
         st = self.sd.read(cid)
         status = self.sd.status(st)
         if status not in ("created", "running", "paused"):
             raise ContainerError("container not running")
-        cg = cgroups.Cgroup.from_state(st.get("cgroup"))
+        cg = cgroups.Cgroup.from_state(st.cgroup)
         if cg is None:
             raise ContainerError("container has no cgroup (rootless without delegation)")
         return st, cg
@@ -555,7 +553,7 @@ class Runtime:
         spec._validate_resources(resources)
         st, cg = self._live_cgroup(cid)
         cg.set(resources, self.warn)
-        linux = st["config"].setdefault("linux", {})
+        linux = st.config.setdefault("linux", {})
         merged = linux.setdefault("resources", {})
         for key, value in resources.items():
             if isinstance(value, dict) and isinstance(merged.get(key), dict):
@@ -592,7 +590,7 @@ class Runtime:
             st = self.create(cid, bundle, pid_file, theirs, preserve_fds)
         else:
             st = self.create(cid, bundle, pid_file, console_socket, preserve_fds)
-        pid = st["pid"]
+        pid = st.pid
         if detach:
             self.start(cid)
             return 0
