@@ -276,7 +276,7 @@ def _exec_process(a: argparse.Namespace, rt: Runtime) -> dict[str, Any]:
     if not a.command:
         raise ContainerError("exec: args must not be empty", exit_code=2)
     import copy
-    proc = copy.deepcopy(rt.sd.read(a.id).config["process"])
+    proc = copy.deepcopy(rt.sd.read(a.id).config.raw["process"])
     proc["args"] = a.command
     proc["terminal"] = a.tty
     proc.pop("consoleSize", None)

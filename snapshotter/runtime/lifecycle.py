@@ -21,6 +21,7 @@ from typing import Any
 from snapshotter.runtime import cgroups, console, exec_init, hooks, init, rootless, spec
 from snapshotter.runtime import handshake as hs
 from snapshotter.runtime import syscalls as sc
+from snapshotter.runtime.config import Config, Process
 from snapshotter.runtime.errors import ContainerError
 from snapshotter.runtime.state import (
     DEFAULT_ROOT,
@@ -77,8 +78,8 @@ def hook_state(st: State, status: str, pid: int | None) -> dict[str, Any]:
 
 def _wants_terminal(bundle: str) -> bool:
     try:
-        config = json.loads((Path(bundle) / "config.json").read_text())
-        return bool(config["process"].get("terminal"))
+        raw = json.loads((Path(bundle) / "config.json").read_text())
+        return bool(raw["process"].get("terminal"))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False  # create reports the real problem
 
@@ -100,20 +101,20 @@ class Runtime:
         if not os.path.isdir(bundle):
             raise ContainerError(f"chdir {bundle}: no such file or directory")
         rootless_ = rootless.is_rootless()
-        config = spec.load(bundle, rootless=rootless_)
-        nss = spec.namespaces(config)
+        config = Config.load(bundle, rootless=rootless_)
+        nss = config.namespaces
         if rootless_ and "user" not in nss:
             raise ContainerError(f"running as uid {os.geteuid()} needs a user namespace in "
                                  "config.json (linux.namespaces: user, with uidMappings)")
         if "user" in nss:
-            rootless.check_devices((config.get("linux") or {}).get("devices") or [])
-        rootfs = str(spec.rootfs_path(config, bundle))
+            rootless.check_devices(config.linux.get("devices") or [])
+        rootfs = config.rootfs(bundle)
         if not os.path.isdir(rootfs):
             raise ContainerError(f"invalid rootfs: stat {rootfs}: no such file or directory")
-        for t, p in spec.namespaces(config).items():
+        for t, p in nss.items():
             if p and not os.path.exists(p):
                 raise ContainerError(f"{t} namespace path {p}: no such file or directory")
-        terminal = bool(config["process"].get("terminal"))
+        terminal = config.process.terminal
         if terminal and console_socket is None:
             raise ContainerError("cannot allocate tty if runc will detach without setting "
                                  "console socket")
@@ -125,7 +126,7 @@ class Runtime:
         sdir = self.sd.claim(cid)
         me = os.getpid()
         st = State(id=cid, bundle=bundle, rootfs=rootfs, created=now_rfc3339(), config=config,
-                   annotations=config.get("annotations") or {},
+                   annotations=config.annotations,
                    creator=(me, proc_start_time(me)))
         pid_a = 0
         try:
@@ -134,12 +135,11 @@ class Runtime:
             os.mkfifo(fifo, 0o600)
             os.chmod(fifo, 0o600)  # only the container's user may open it (through a dir fd)
             try:
-                os.chown(fifo, *spec.host_ids(config))
+                os.chown(fifo, *config.host_ids())
             except PermissionError:  # rootless, the process runs as a subordinate id
                 os.chmod(fifo, 0o622)
-            linux = config.get("linux") or {}
-            resources = linux.get("resources") or {}
-            cg = cgroups.Cgroup.create(cid, linux.get("cgroupsPath"), resources,
+            resources = config.linux.get("resources") or {}
+            cg = cgroups.Cgroup.create(cid, config.linux.get("cgroupsPath"), resources,
                                        rootless=rootless_)
             if rootless_ and resources:
                 why = ("no cgroup is delegated to this user" if cg is None
@@ -191,10 +191,10 @@ class Runtime:
         return st
 
     def _handshake(self, ch: hs.Channel, st: State, pid_a: int,
-                   config: dict[str, Any]) -> None:
+                   config: Config) -> None:
         """The runtime's side of handshake.py's `create` diagram. Each wait watches the process
         whose message is due (stage A until Pid, then the init), so a dead one ends it."""
-        linux = config.get("linux") or {}
+        linux = config.linux
         watched = hs.watch(pid_a)
         try:
             self._send(ch, hs.Ok(), st)
@@ -217,12 +217,12 @@ class Runtime:
                     os.close(watched)
                     watched = hs.watch(msg.pid)  # before A is reaped: B is A's or our child
                     os.waitpid(pid_a, 0)
-                    if "oomScoreAdj" in config["process"]:
+                    if config.process.oom_score_adj is not None:
                         # From here (host root): the init is non-dumpable, and in a user
                         # namespace its own /proc/self files are not its to write.
                         try:
                             Path(f"/proc/{st.pid}/oom_score_adj").write_text(
-                                str(config["process"]["oomScoreAdj"]))
+                                str(config.process.oom_score_adj))
                         except PermissionError:
                             if not rootless.is_rootless():
                                 raise
@@ -230,8 +230,8 @@ class Runtime:
                 elif isinstance(msg, hs.Hooks):
                     state = hook_state(st, "creating", st.pid)
                     try:
-                        hooks.run_hooks(spec.hooks(config, "prestart"), state, cwd=st.bundle)
-                        hooks.run_hooks(spec.hooks(config, "createRuntime"), state,
+                        hooks.run_hooks(config.hooks_of("prestart"), state, cwd=st.bundle)
+                        hooks.run_hooks(config.hooks_of("createRuntime"), state,
                                         cwd=st.bundle)
                     except ContainerError as e:
                         self._send(ch, hs.Error(str(e)), st)
@@ -324,7 +324,7 @@ class Runtime:
             raise ContainerError(data[1:].decode(errors="replace").removeprefix("error: "))
         state = hook_state(st, "running", st.pid)
         try:
-            hooks.run_hooks(spec.hooks(st.config, "poststart"), state, cwd=st.bundle)
+            hooks.run_hooks(st.config.hooks_of("poststart"), state, cwd=st.bundle)
         except ContainerError:
             for p, start in self._kill_everything(st):
                 _wait_gone(p, start)
@@ -409,13 +409,14 @@ class Runtime:
             raise ContainerError(f"cannot delete container {cid} that is not stopped: {status}")
         self._destroy(st)
         state = hook_state(st, "stopped", None)
-        hooks.run_poststop(spec.hooks(st.config, "poststop"), state, self.warn)
+        hooks.run_poststop(st.config.hooks_of("poststop"), state, self.warn)
 
     # -- exec -------------------------------------------------------------------------------
-    def exec(self, cid: str, process: dict[str, Any], detach: bool = False,
+    def exec(self, cid: str, process_json: dict[str, Any], detach: bool = False,
              pid_file: str | None = None, console_socket: str | None = None,
              ignore_paused: bool = False, preserve_fds: int = 0) -> int:
-        """Run PROCESS in the running container; with DETACH return once it has exec'd."""
+        """Run PROCESS_JSON (an OCI process, validated here) in the running container; with
+        DETACH return once it has exec'd."""
         st = self.sd.read(cid)
         status = self.sd.status(st)
         if status == "paused" and not ignore_paused:
@@ -423,8 +424,8 @@ class Runtime:
                                  "override)")
         if status not in ("created", "running", "paused"):
             raise ContainerError("cannot exec in a stopped container")
-        spec.validate_process(process)
-        terminal = bool(process.get("terminal"))
+        process = Process.from_json(process_json)
+        terminal = process.terminal
         if terminal and console_socket is None and detach:
             raise ContainerError("cannot allocate tty if runc will detach without setting "
                                  "console socket")
@@ -440,7 +441,7 @@ class Runtime:
             csock = console.connect(console_socket) if console_socket else None
         ns_fds: dict[str, int] = {}
         try:
-            for t in spec.namespaces(config):
+            for t in config.namespaces:
                 if t == "user" and os.readlink(f"/proc/{st.pid}/ns/user") == \
                         os.readlink("/proc/self/ns/user"):
                     continue  # setns into one's own user namespace is EINVAL
@@ -553,13 +554,14 @@ class Runtime:
         spec._validate_resources(resources)
         st, cg = self._live_cgroup(cid)
         cg.set(resources, self.warn)
-        linux = st.config.setdefault("linux", {})
+        linux = st.config.raw.setdefault("linux", {})
         merged = linux.setdefault("resources", {})
         for key, value in resources.items():
             if isinstance(value, dict) and isinstance(merged.get(key), dict):
                 merged[key].update(value)
             else:
                 merged[key] = value
+        st.config = Config.parse(st.config.raw)
         self.sd.write(st)
 
     def pause(self, cid: str) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from snapshotter.runtime import cgroups
+from snapshotter.runtime.config import Config
 from snapshotter.runtime.errors import ContainerError
 from unionfs.procs import start_time as proc_start_time
 
@@ -38,14 +39,15 @@ class State:
     STATUS is only ever written as `creating` (with CREATOR, the creating runtime's pid and
     start time) or `created`; `StateDir.status` derives the live one. PID/PID_START: the
     init and its start time, 0/None until the handshake reports it. CONFIG: the validated
-    config.json as created (later edits of the bundle have no effect; `update` merges into it).
+    config.json as created (later edits of the bundle have no effect; `update` merges into it),
+    written as the JSON it was.
     CGROUP: `cgroups.Cgroup.to_state()`, None without one."""
 
     id: str
     bundle: str
     rootfs: str
     created: str
-    config: dict[str, Any]
+    config: Config
     annotations: dict[str, str] = field(default_factory=dict)
     status: str = "creating"
     creator: tuple[int, int | None] | None = None
@@ -54,7 +56,8 @@ class State:
     cgroup: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["config"] = self.config.raw
         if self.creator is None:
             del out["creator"]
         else:
@@ -85,7 +88,11 @@ class State:
                     and isinstance(creator[1], int | None)):
                 raise ValueError("creator is not [pid, start]")
             obj = {**obj, "creator": (creator[0], creator[1])}
-        return cls(**obj)
+        try:
+            config = Config.parse(obj["config"])
+        except (KeyError, TypeError, AttributeError, IndexError) as e:
+            raise ValueError(f"config: {e!r}") from None
+        return cls(**{**obj, "config": config})
 
 
 _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {

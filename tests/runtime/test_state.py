@@ -9,13 +9,14 @@ import os
 import pytest
 
 from snapshotter.runtime import spec
+from snapshotter.runtime.config import Config
 from snapshotter.runtime.errors import ContainerError
 from snapshotter.runtime.state import State, StateDir
 
 # A state.json as the dict-based runtime (71bcdd4) wrote it for a created container.
 OLD_CREATED = {
     "id": "c1", "bundle": "/b", "rootfs": "/b/rootfs", "created": "2026-11-30T04:00:00.000000Z",
-    "annotations": {"a": "1"}, "config": {"ociVersion": "1.0.2", "process": {"args": ["true"]}},
+    "annotations": {"a": "1"}, "config": spec.default_spec(),
     "status": "created", "pid": 4242, "pid_start": 123456,
     "cgroup": {"paths": {"memory": "/sys/fs/cgroup/memory/c1"}, "made": ["memory"]},
 }
@@ -23,7 +24,8 @@ OLD_CREATED = {
 
 def _state(**kw) -> State:
     base = {"id": "c1", "bundle": "/b", "rootfs": "/b/rootfs",
-            "created": "2026-11-30T04:00:00.000000Z", "config": spec.default_spec()}
+            "created": "2026-11-30T04:00:00.000000Z",
+            "config": Config.parse(spec.default_spec())}
     return State(**{**base, **kw})
 
 
@@ -61,6 +63,7 @@ def test_the_files_keys_are_the_old_ones(tmp_path):
     json.dumps({k: v for k, v in OLD_CREATED.items() if k != "bundle"}),
     json.dumps({**OLD_CREATED, "creator": [1]}),
     json.dumps({**OLD_CREATED, "creator": ["1", 2]}),
+    json.dumps({**OLD_CREATED, "config": {"ociVersion": "1.0.2"}}),
 ])
 def test_a_state_file_that_does_not_fit_is_no_container(tmp_path, text):
     sd = StateDir(tmp_path)
