@@ -31,6 +31,7 @@ import json
 import os
 import select
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from snapshotter.runtime.errors import ContainerError
@@ -115,18 +116,24 @@ class Channel:
         except (BrokenPipeError, ConnectionResetError):
             raise PeerGone("the other side of the handshake went away") from None
 
-    def recv(self, watch: int | None = None) -> Message:
+    def recv(self, watch: int | None = None, check: Callable[[], None] | None = None,
+             interval: float = 0.5) -> Message:
         """The next message. WATCH: a pidfd of the process that is to send it; once it has
         exited and nothing is queued, PeerGone (instead of waiting for an EOF that a process
-        sharing its end may never give)."""
+        sharing its end may never give). CHECK (with WATCH): called after each INTERVAL
+        seconds of silence; it raises to end a wait that cannot end otherwise."""
         if watch is not None:
             poller = select.poll()
             poller.register(self.sock, select.POLLIN)
             poller.register(watch, select.POLLIN)
+            timeout = None if check is None else int(interval * 1000)
             while True:
                 try:
-                    ready = {fd for fd, _ in poller.poll()}
+                    ready = {fd for fd, _ in poller.poll(timeout)}
                 except InterruptedError:
+                    continue
+                if not ready and check is not None:
+                    check()
                     continue
                 if self.sock.fileno() in ready:
                     break

@@ -200,7 +200,7 @@ class Runtime:
             self._send(ch, hs.Ok(), st)
             while True:
                 try:
-                    msg = ch.recv(watch=watched)
+                    msg = ch.recv(watch=watched, check=lambda: self._check_not_stuck(st))
                 except hs.PeerGone:
                     raise self._init_died(st) from None
                 if isinstance(msg, hs.UserNs):
@@ -253,10 +253,21 @@ class Runtime:
             raise self._init_died(st) from None
 
     @staticmethod
+    def _check_not_stuck(st: State) -> None:
+        """A live init that can never answer: at its memory limit with the OOM killer off."""
+        cg = cgroups.Cgroup.from_state(st.cgroup)
+        if cg and cg.stuck_at_limit():
+            raise ContainerError("container init is stuck at its memory limit (the OOM killer "
+                                 "is disabled: memory limit too low?)")
+
+    @staticmethod
     def _init_died(st: State) -> ContainerError:
         cg = cgroups.Cgroup.from_state(st.cgroup)
         if cg and cg.oom_kills():
             return ContainerError("container init was OOM-killed (memory limit too low?)")
+        if cg and cg.limit_hits():  # e.g. an allocation refused with the OOM killer disabled
+            return ContainerError("container init exited before it was ready, at its memory "
+                                  "limit (memory limit too low?)")
         return ContainerError("container init exited before it was ready")
 
     def _kill_everything(self, st: State,

@@ -230,6 +230,29 @@ def test_init_oom_killed_is_named(runc, pyrt, bundles):
         assert not (pyrt.root / cid).exists()
 
 
+STUCK_OR_REFUSED = (
+    ("container init is stuck at its memory limit (the OOM killer is disabled: memory limit "
+     "too low?)"),
+    "container init exited before it was ready, at its memory limit (memory limit too low?)",
+)
+
+
+@hybrid
+def test_init_at_its_limit_without_oom_killer_is_an_error_not_a_hang(pyrt, bundles):
+    """disableOOMKiller at 1 MiB: the init either waits in the kernel at the limit for ever
+    (the runtime waited with it: `run` hung) or has an allocation refused and exits with its
+    error message lost. Either way: one line naming the limit, quickly, nothing left."""
+    for i in range(5):
+        cid = f"noom-pyrt{i}"
+        bundle = bundles.make(["true"], _edit(cid, {"memory": {"limit": 1 << 20,
+                                                               "disableOOMKiller": True}}))
+        res = pyrt("run", "--bundle", str(bundle), cid)
+        assert res.returncode == 1, res.stderr
+        assert err(res) in STUCK_OR_REFUSED
+        assert not (pyrt.root / cid).exists()
+        assert not (V1 / "memory" / "pyunion-test" / cid).exists()
+
+
 @hybrid
 @pytest.mark.parametrize("path, where", [
     ("system.slice:pyunion:sd1", "system.slice/pyunion-sd1.scope"),

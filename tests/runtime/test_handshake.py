@@ -139,3 +139,25 @@ def test_expect_ok(pair):
     theirs.send(hs.encode(hs.Ready()))
     with pytest.raises(ContainerError, match="unexpected handshake message"):
         ch.expect_ok()
+
+
+def test_check_ends_a_wait_on_a_live_but_silent_peer(pair, alarm):
+    """A live init that can never answer (stuck in the kernel at its memory limit, say): the
+    runtime's CHECK runs while the peer is silent, and what it raises ends the wait."""
+    ch, _theirs = pair
+    pid = _fork(lambda: time.sleep(30))
+    watched = hs.watch(pid)
+    calls = []
+
+    def check():
+        calls.append(1)
+        if len(calls) == 3:
+            raise ContainerError("stuck")
+    try:
+        with pytest.raises(ContainerError, match="^stuck$"):
+            ch.recv(watch=watched, check=check, interval=0.05)
+        assert len(calls) == 3
+    finally:
+        os.close(watched)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
