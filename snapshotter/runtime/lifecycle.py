@@ -253,12 +253,12 @@ class Runtime:
             raise self._init_died(st) from None
 
     @staticmethod
-    def _check_not_stuck(st: State) -> None:
-        """A live init that can never answer: at its memory limit with the OOM killer off."""
+    def _check_not_stuck(st: State, who: str = "container init") -> None:
+        """A live process that can never answer: at its memory limit with the OOM killer off."""
         cg = cgroups.Cgroup.from_state(st.cgroup)
         if cg and cg.stuck_at_limit():
-            raise ContainerError("container init is stuck at its memory limit (the OOM killer "
-                                 "is disabled: memory limit too low?)")
+            raise ContainerError(f"{who} is stuck at its memory limit (the OOM killer is "
+                                 "disabled: memory limit too low?)")
 
     @staticmethod
     def _init_died(st: State) -> ContainerError:
@@ -481,7 +481,7 @@ class Runtime:
                 cg = cgroups.Cgroup.from_state(st.cgroup)
                 if cg:
                     cg.add(pid_a)
-                self._exec_handshake(ch, pids)
+                self._exec_handshake(ch, pids, st)
                 pid_b = pids[1]
         except BaseException:
             for p in pids:
@@ -519,15 +519,17 @@ class Runtime:
             for s, h in old.items():
                 signal.signal(s, h)
 
-    @staticmethod
-    def _exec_handshake(ch: hs.Channel, pids: builtins.list[int]) -> None:
+    def _exec_handshake(self, ch: hs.Channel, pids: builtins.list[int], st: State) -> None:
         """The runtime's side of handshake.py's `exec` diagram. PIDS: [A]; B is appended once
         known, and on return B has exec'd."""
         watched = hs.watch(pids[0])
+
+        def check() -> None:
+            self._check_not_stuck(st, "exec process")
         try:
             ch.send(hs.Ok())
             while True:
-                msg = ch.recv(watch=watched)
+                msg = ch.recv(watch=watched, check=check)
                 if isinstance(msg, hs.Pid) and len(pids) == 1:
                     pids.append(msg.pid)
                     os.close(watched)
@@ -535,7 +537,7 @@ class Runtime:
                     os.waitpid(pids[0], 0)
                 elif isinstance(msg, hs.Exec) and len(pids) == 2:
                     try:  # EOF once execve has closed B's end (close-on-exec)
-                        msg = ch.recv(watch=watched)
+                        msg = ch.recv(watch=watched, check=check)
                     except hs.PeerGone:
                         return
                 if isinstance(msg, hs.Error):

@@ -377,3 +377,22 @@ def test_v2_limits_through_a_real_v2_controller():
             d.rmdir()
         if "hugetlb" not in before:
             (root / "cgroup.subtree_control").write_text("-hugetlb")
+
+
+@hybrid
+def test_exec_at_the_limit_without_oom_killer_is_an_error_not_a_hang(pyrt, bundles):
+    """The same wait on `exec`'s side: the container is lowered to 1 MiB with the OOM killer
+    off, so the joining Python stage cannot answer; exec fails in one line instead of hanging,
+    and the container keeps running."""
+    bundle = bundles.make(["sleep", "60"], _edit("noom-exec", {"memory": {
+        "limit": 64 << 20, "disableOOMKiller": True}}))
+    assert pyrt("run", "--detach", "--bundle", str(bundle), "noom-exec").returncode == 0
+    assert pyrt("update", "--memory", str(1 << 20), "noom-exec").returncode == 0
+    for _ in range(3):
+        res = pyrt("exec", "noom-exec", "true")
+        assert res.returncode == 255, res.stderr
+        assert err(res) in (
+            ("exec failed: exec process is stuck at its memory limit (the OOM killer is "
+             "disabled: memory limit too low?)"),
+            "exec failed: exec process exited before it started"), err(res)
+        assert pyrt.state("noom-exec")["status"] == "running"
