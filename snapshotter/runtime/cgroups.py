@@ -229,6 +229,21 @@ class Cgroup:
         name = "memory.events" if self.unified else "memory.oom_control"
         return _kv(d, name).get("oom_kill", 0)
 
+    def limit_hits(self) -> int:
+        """How often usage reached the memory limit (v1 memory.failcnt, v2 memory.events max)."""
+        d = self.dir("memory")
+        if self.unified:
+            return _kv(d, "memory.events").get("max", 0)
+        return _read_int(d, "memory.failcnt")
+
+    def stuck_at_limit(self) -> bool:
+        """At its memory limit with the OOM killer disabled (v1 disableOOMKiller): its tasks
+        wait in the kernel until memory is freed or they are killed."""
+        if self.unified:
+            return False  # v2 has no switch for the OOM killer
+        oom = _kv(self.dir("memory"), "memory.oom_control")
+        return bool(oom.get("oom_kill_disable") and oom.get("under_oom"))
+
     # -- freezer --------------------------------------------------------------------------
     def can_freeze(self) -> bool:
         if not self.unified and self.dir("freezer") is not None:
@@ -242,8 +257,10 @@ class Cgroup:
                 return "" in self.paths and f.read_text().strip() == "1"
             except OSError:
                 return False
+        freezer = self.dir("freezer")
         try:
-            return (self.dir("freezer") / "freezer.state").read_text().strip() != "THAWED"
+            return freezer is not None and \
+                (freezer / "freezer.state").read_text().strip() != "THAWED"
         except OSError:
             return False
 

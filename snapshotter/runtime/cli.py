@@ -202,7 +202,7 @@ def _update_resources(a: argparse.Namespace) -> dict[str, Any]:
         if not isinstance(res, dict):
             raise ContainerError("unable to read resources: not a JSON object")
         return res
-    res: dict[str, Any] = {}
+    out: dict[str, Any] = {}
     for flag, (section, key, size) in _UPDATE_FLAGS.items():
         value = getattr(a, flag.lstrip("-").replace("-", "_"))
         if value is None:
@@ -217,8 +217,8 @@ def _update_resources(a: argparse.Namespace) -> dict[str, Any]:
             except ValueError:
                 raise ContainerError(f"invalid value {value!r} for flag {flag}",
                                      exit_code=2) from None
-        res.setdefault(section, {})[key] = parsed
-    return res
+        out.setdefault(section, {})[key] = parsed
+    return out
 
 
 def _interval(text: str) -> float:
@@ -276,7 +276,7 @@ def _exec_process(a: argparse.Namespace, rt: Runtime) -> dict[str, Any]:
     if not a.command:
         raise ContainerError("exec: args must not be empty", exit_code=2)
     import copy
-    proc = copy.deepcopy(rt.sd.read(a.id)["config"]["process"])
+    proc = copy.deepcopy(rt.sd.read(a.id).config.raw["process"])
     proc["args"] = a.command
     proc["terminal"] = a.tty
     proc.pop("consoleSize", None)

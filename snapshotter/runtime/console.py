@@ -18,7 +18,6 @@ import struct
 import sys
 import termios
 import tty
-from typing import Any
 
 from snapshotter.runtime.errors import ContainerError
 
@@ -49,10 +48,10 @@ def open_pty() -> tuple[int, int, str]:
     return master, slave, f"/dev/pts/{num}"
 
 
-def set_size(fd: int, size: dict[str, Any] | None) -> None:
-    if size and size.get("height") and size.get("width"):
-        fcntl.ioctl(fd, termios.TIOCSWINSZ,
-                    struct.pack("HHHH", size["height"], size["width"], 0, 0))
+def set_size(fd: int, size: tuple[int, int] | None) -> None:
+    """SIZE: (height, width); None or a zero leaves the kernel's default."""
+    if size and size[0] and size[1]:
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", size[0], size[1], 0, 0))
 
 
 def send_master(sock: socket.socket, master: int, name: str) -> None:

@@ -13,21 +13,21 @@ Non-dumpable from the start, with every other fd closed (runc CVE-2019-5736, CVE
 from __future__ import annotations
 
 import os
-import resource
 import signal
 import socket
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from snapshotter.runtime import init, seccomp, spec
 from snapshotter.runtime import syscalls as sc
-from snapshotter.runtime.init import Channel
+from snapshotter.runtime.config import Config, Process
+from snapshotter.runtime.handshake import Channel, Exec, Pid
 
 # setns order: user first (it grants the rights to join the rest), mount last but one so
 # /proc paths are not needed after it, cgroup after mount as runc's nsexec does.
 JOIN_ORDER = ("user", "ipc", "uts", "network", "pid", "mount", "cgroup")
 
 
-def stage_a(ch: Channel, ns_fds: dict[str, int], config: dict[str, Any], process: dict[str, Any],
+def stage_a(ch: Channel, ns_fds: dict[str, int], config: Config, process: Process,
             csock: socket.socket | None, preserve: int = 0) -> NoReturn:
     try:
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
@@ -42,47 +42,44 @@ def stage_a(ch: Channel, ns_fds: dict[str, int], config: dict[str, Any], process
         pid = os.fork()
         if pid == 0:
             _stage_b(ch, config, process, csock, preserve)
-        ch.send(t="pid", pid=pid)
+        ch.send(Pid(pid))
         os._exit(0)
     except BaseException as e:  # noqa: BLE001 - reaches the runtime as one line
         init._fail(ch, e)
 
 
-def _stage_b(ch: Channel, config: dict[str, Any], process: dict[str, Any],
+def _stage_b(ch: Channel, config: Config, process: Process,
              csock: socket.socket | None, preserve: int = 0) -> NoReturn:
     try:
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         init._close_fds_except({ch.sock.fileno(), *([csock.fileno()] if csock else []),
                                 *init.preserved_fds(preserve)})
-        linux = config.get("linux") or {}
-        filt = seccomp.compile(linux["seccomp"]) if linux.get("seccomp") is not None else None
+        seccomp_json = config.linux.get("seccomp")
+        filt = seccomp.compile(seccomp_json) if seccomp_json is not None else None
         os.chdir("/")
-        if process.get("terminal") and csock is not None:
+        if process.terminal and csock is not None:
             init.setup_terminal(csock, process, console_mount=False)
-        for rl in process.get("rlimits") or []:
-            resource.setrlimit(getattr(resource, rl["type"]), (rl["soft"], rl["hard"]))
-        env = spec.exec_env(process)
-        os.chdir(process["cwd"])
-        exe = init._lookup(process["args"][0], env)
+        init.set_rlimits(process)
+        os.chdir(process.cwd)
+        exe = init._lookup(process.args[0], process)
         with open("/proc/sys/kernel/cap_last_cap") as f:
             cap_last = int(f.read())
-        nnp = bool(process.get("noNewPrivileges"))
+        nnp = process.no_new_privileges
         if filt is not None and not nnp:
             filt.load()
         init._set_user(process, cap_last, init._setgroups_allowed())
         if nnp:
             sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
-        umask = (process.get("user") or {}).get("umask")
-        os.umask(0o022 if umask is None else umask)
+        os.umask(0o022 if process.user.umask is None else process.user.umask)
         for s in range(1, signal.NSIG):  # SIGPIPE ignored by Python would survive execve
             try:
                 signal.signal(s, signal.SIG_DFL)
             except (OSError, ValueError):
                 pass
-        ch.send(t="exec")
+        ch.send(Exec())
         if filt is not None and nnp:
             filt.load()
-        os.execve(exe, process["args"], dict(e.split("=", 1) for e in env if "=" in e))
+        os.execve(exe, process.args, process.environ())
     except BaseException as e:  # noqa: BLE001
         init._fail(ch, e)
     raise AssertionError("unreachable")

@@ -15,7 +15,6 @@ Everything B needs is imported before pivot_root: after it, the host's Python li
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import signal
@@ -25,32 +24,13 @@ from typing import Any, NoReturn
 
 from snapshotter.runtime import console, hooks, mounts, seccomp, spec
 from snapshotter.runtime import syscalls as sc
+from snapshotter.runtime.config import Config, Process
 from snapshotter.runtime.errors import ContainerError
+from snapshotter.runtime.handshake import Channel, Error, Hooks, Pid, Ready, UserNs
 from snapshotter.runtime.state import OCI_VERSION
 
 _KILL_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
                  signal.SIGUSR2)
-
-
-class Channel:
-    """Framed JSON messages over the SOCK_SEQPACKET pair shared by runtime and init."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-
-    def send(self, **msg: Any) -> None:
-        self.sock.send(json.dumps(msg).encode())
-
-    def recv(self) -> dict[str, Any]:
-        raw = self.sock.recv(1 << 16)
-        if not raw:
-            raise ContainerError("runtime went away")
-        return json.loads(raw)
-
-    def expect_ok(self) -> None:
-        msg = self.recv()
-        if msg.get("t") != "ok":
-            raise ContainerError(msg.get("msg") or "aborted by the runtime")
 
 
 def describe(e: BaseException) -> str:
@@ -61,18 +41,18 @@ def describe(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-def stage_a(ch: Channel, config: dict[str, Any], bundle: str, rootfs: str,
+def stage_a(ch: Channel, config: Config, bundle: str, rootfs: str,
             statefd: int, cid: str, csock: socket.socket | None = None,
             preserve: int = 0) -> NoReturn:
     try:
         ch.expect_ok()  # the runtime has put us in the container's cgroup
-        nss = spec.namespaces(config)
+        nss = config.namespaces
         fds = {t: os.open(p, os.O_RDONLY | os.O_CLOEXEC) for t, p in nss.items() if p}
         if "user" in fds:
             sc.setns(fds.pop("user"), sc.CLONE_NEWUSER)
         elif "user" in nss:
             sc.unshare(sc.CLONE_NEWUSER)
-            ch.send(t="userns")
+            ch.send(UserNs())
             ch.expect_ok()
         if "user" in nss:
             os.setresgid(0, 0, 0)
@@ -90,7 +70,7 @@ def stage_a(ch: Channel, config: dict[str, Any], bundle: str, rootfs: str,
         pid = os.fork()
         if pid == 0:
             stage_b(ch, config, bundle, rootfs, statefd, cid, csock, preserve)
-        ch.send(t="pid", pid=pid)
+        ch.send(Pid(pid))
         os._exit(0)
     except BaseException as e:  # noqa: BLE001 - anything must reach the runtime as one line
         _fail(ch, e)
@@ -98,7 +78,7 @@ def stage_a(ch: Channel, config: dict[str, Any], bundle: str, rootfs: str,
 
 def _fail(ch: Channel, e: BaseException) -> NoReturn:
     try:
-        ch.send(t="error", msg=describe(e))
+        ch.send(Error(describe(e)))
     finally:
         os._exit(1)
 
@@ -107,7 +87,7 @@ def _die_on_signal(signum: int, _frame: Any) -> None:
     os._exit(128 + signum)
 
 
-def stage_b(ch: Channel, config: dict[str, Any], bundle: str, rootfs: str,
+def stage_b(ch: Channel, config: Config, bundle: str, rootfs: str,
             statefd: int, cid: str, csock: socket.socket | None = None,
             preserve: int = 0) -> NoReturn:
     try:
@@ -123,36 +103,36 @@ def stage_b(ch: Channel, config: dict[str, Any], bundle: str, rootfs: str,
     raise AssertionError("unreachable")
 
 
-def _hook_state(config: dict, bundle: str, cid: str, status: str) -> dict[str, Any]:
-    st = {"ociVersion": OCI_VERSION, "id": cid, "status": status, "pid": os.getpid(),
-          "bundle": bundle}
-    if config.get("annotations"):
-        st["annotations"] = config["annotations"]
+def _hook_state(config: Config, bundle: str, cid: str, status: str) -> dict[str, Any]:
+    st: dict[str, Any] = {"ociVersion": OCI_VERSION, "id": cid, "status": status,
+                          "pid": os.getpid(), "bundle": bundle}
+    if config.annotations:
+        st["annotations"] = config.annotations
     return st
 
 
-def _build(ch: Channel, config: dict, bundle: str, rootfs: str, statefd: int,
+def _build(ch: Channel, config: Config, bundle: str, rootfs: str, statefd: int,
            cid: str, csock: socket.socket | None, preserve: int = 0) -> NoReturn:
     """PRESERVE: fds 3 .. 3+PRESERVE-1 of the runtime's caller reach the program (as runc's
     --preserve-fds); every other fd is closed."""
-    linux = config.get("linux") or {}
-    proc = config["process"]
-    nss = spec.namespaces(config)
-    cfg_mounts = config.get("mounts") or []
+    linux = config.linux
+    proc = config.process
+    nss = config.namespaces
+    cfg_mounts = config.mounts
     mounts.prepare_root(rootfs, linux.get("rootfsPropagation"))
     mounts.do_mounts(rootfs, bundle, cfg_mounts)
     if not mounts.dev_is_bind(cfg_mounts):
         mounts.create_devices(rootfs, linux.get("devices") or [], "user" in nss)
-    ch.send(t="hooks")  # prestart + createRuntime, in the runtime's namespaces
+    ch.send(Hooks())  # prestart + createRuntime, in the runtime's namespaces
     ch.expect_ok()
-    hooks.run_hooks(spec.hooks(config, "createContainer"),
+    hooks.run_hooks(config.hooks_of("createContainer"),
                     _hook_state(config, bundle, cid, "creating"), cwd=rootfs)
-    cwd_fd = mounts.open_in_root_path(rootfs, proc["cwd"], create="dir")  # runc makes it too
+    cwd_fd = mounts.open_in_root_path(rootfs, proc.cwd, create="dir")  # runc makes it too
     os.close(cwd_fd)
-    if config.get("hostname"):
-        sc.sethostname(config["hostname"])
-    if config.get("domainname"):
-        sc.setdomainname(config["domainname"])
+    if config.hostname:
+        sc.sethostname(config.hostname)
+    if config.domainname:
+        sc.setdomainname(config.domainname)
     with open("/proc/sys/kernel/cap_last_cap") as f:
         cap_last = int(f.read())
     setgroups = _setgroups_allowed()
@@ -162,38 +142,32 @@ def _build(ch: Channel, config: dict, bundle: str, rootfs: str, statefd: int,
     mounts.write_sysctl(linux.get("sysctl") or {})  # runc's order: before /proc/sys goes ro
     mounts.readonly_paths(linux.get("readonlyPaths") or [])
     mounts.mask_paths(linux.get("maskedPaths") or [])
-    if proc.get("terminal") and csock is not None:
+    if proc.terminal and csock is not None:
         setup_terminal(csock, proc, console_mount=not mounts.dev_is_bind(cfg_mounts))
-    if config["root"].get("readonly"):
+    if config.root_readonly:
         mounts.readonly_root()
-    for rl in proc.get("rlimits") or []:
-        res = getattr(resource, rl["type"], None)
-        if res is None:
-            raise ContainerError(f"unknown rlimit {rl['type']}")
-        resource.setrlimit(res, (rl["soft"], rl["hard"]))
-    env = spec.exec_env(proc)
-    os.chdir(proc["cwd"])
+    set_rlimits(proc)
+    os.chdir(proc.cwd)
     here = os.getcwd()  # raises if the cwd is not reachable from the new root
     if not here.startswith("/"):
-        raise ContainerError(f"cwd {proc['cwd']} is outside the container root")
-    exe = _lookup(proc["args"][0], env)
-    nnp = bool(proc.get("noNewPrivileges"))
+        raise ContainerError(f"cwd {proc.cwd} is outside the container root")
+    exe = _lookup(proc.args[0], proc)
+    nnp = proc.no_new_privileges
     if filt is not None and not nnp:
         filt.load()  # without no_new_privs loading needs CAP_SYS_ADMIN: before caps drop
     _set_user(proc, cap_last, setgroups)
-    ch.send(t="ready")
+    ch.send(Ready())
     ch.sock.close()
     _close_fds_except({statefd, *preserved_fds(preserve)})
     fifo = os.open("exec.fifo", os.O_WRONLY | os.O_CLOEXEC, dir_fd=statefd)  # blocks: `start`
     os.close(statefd)
     try:
         os.write(fifo, b"0")
-        hooks.run_hooks(spec.hooks(config, "startContainer"),
+        hooks.run_hooks(config.hooks_of("startContainer"),
                         _hook_state(config, bundle, cid, "created"), cwd="/")
         if nnp:
             sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
-        umask = (proc.get("user") or {}).get("umask")
-        os.umask(0o022 if umask is None else umask)  # runc's default when unset
+        os.umask(0o022 if proc.user.umask is None else proc.user.umask)  # runc's default
         for s in range(1, signal.NSIG):
             try:
                 signal.signal(s, signal.SIG_DFL)
@@ -202,67 +176,71 @@ def _build(ch: Channel, config: dict, bundle: str, rootfs: str, statefd: int,
         os.closerange(3 + preserve, fifo)
         if filt is not None and nnp:
             filt.load()  # as late as possible: the fewest syscalls run under the filter
-        os.execve(exe, proc["args"], dict(e.split("=", 1) for e in env if "=" in e))
+        os.execve(exe, proc.args, proc.environ())
     except BaseException as e:  # noqa: BLE001 - tell `start`, which waits for EOF
         os.write(fifo, ("error: " + describe(e)).encode())
         os._exit(1)
     raise AssertionError("unreachable")
 
 
-def setup_terminal(csock: socket.socket, proc: dict[str, Any], console_mount: bool) -> None:
+def setup_terminal(csock: socket.socket, proc: Process, console_mount: bool) -> None:
     """A pty from the container's /dev/ptmx: slave as controlling tty and stdio, master sent
     over the console socket (the runtime connected it before forking us)."""
     master, slave, name = console.open_pty()
     try:
-        console.set_size(slave, proc.get("consoleSize"))
+        console.set_size(slave, proc.console_size)
         if console_mount:
             console.bind_console(name)
-        user = proc.get("user") or {}
-        console.become_session_leader(slave, user.get("uid", 0), user.get("gid", 0))
+        console.become_session_leader(slave, proc.user.uid, proc.user.gid)
         console.send_master(csock, master, name)
     finally:
         os.close(master)
         csock.close()
 
 
-def _lookup(name: str, env: list[str]) -> str:
+def set_rlimits(proc: Process) -> None:
+    for rl in proc.rlimits:
+        res = getattr(resource, rl.type, None)
+        if res is None:
+            raise ContainerError(f"unknown rlimit {rl.type}")
+        resource.setrlimit(res, (rl.soft, rl.hard))
+
+
+def _lookup(name: str, proc: Process) -> str:
     """exec.LookPath inside the container, with runc's error messages."""
     if "/" in name:
         try:
             os.stat(name)
         except OSError as e:
-            raise ContainerError(f'exec: "{name}": stat {name}: {e.strerror.lower()}') from None
+            raise ContainerError(f'exec: "{name}": stat {name}: {(e.strerror or str(e)).lower()}') from None
         return name
-    for d in spec.lookup_path(env).split(":"):
+    for d in proc.lookup_path().split(":"):
         cand = os.path.join(d or ".", name)
         if os.path.isfile(cand) and os.access(cand, os.X_OK):
             return cand
     raise ContainerError(f'exec: "{name}": executable file not found in $PATH')
 
 
-def _set_user(proc: dict, cap_last: int, setgroups: bool) -> None:
-    user = proc.get("user") or {}
-    uid, gid = user.get("uid", 0), user.get("gid", 0)
-    caps = proc.get("capabilities")
+def _set_user(proc: Process, cap_last: int, setgroups: bool) -> None:
+    uid, gid = proc.user.uid, proc.user.gid
+    caps = proc.capabilities
     if caps is not None:
-        bounding = spec.capability_mask(caps.get("bounding"), "bounding")
+        bounding = caps.mask("bounding")
         for c in range(cap_last + 1):
             if not bounding & (1 << c):
                 sc.prctl(sc.PR_CAPBSET_DROP, c)
     sc.prctl(sc.PR_SET_KEEPCAPS, 1)
     if setgroups:
-        os.setgroups(list(user.get("additionalGids") or []))
+        os.setgroups(list(proc.user.additional_gids))
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
     sc.prctl(sc.PR_SET_KEEPCAPS, 0)
     if caps is not None:
-        sc.capset(spec.capability_mask(caps.get("effective"), "effective"),
-                  spec.capability_mask(caps.get("permitted"), "permitted"),
-                  spec.capability_mask(caps.get("inheritable"), "inheritable"))
+        sc.capset(caps.mask("effective"), caps.mask("permitted"), caps.mask("inheritable"))
         sc.prctl(sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_CLEAR_ALL)
-        for c in (caps.get("ambient") or []):
+        for name in caps.ambient:
             try:  # like runc: an ambient cap not in permitted+inheritable is skipped
-                sc.prctl(sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_RAISE, spec.CAP_NUMBERS[c])
+                sc.prctl(sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_RAISE, spec.CAP_NUMBERS[name])
             except PermissionError:
                 pass
 

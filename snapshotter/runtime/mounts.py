@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 from typing import Any
 
 from snapshotter.runtime import cgroups, spec
@@ -125,42 +126,46 @@ def _mount_one(rootfd: int, bundle: str, m: dict[str, Any]) -> None:
 def _copy_tree(src: int, dst: int) -> None:
     """tmpcopyup (runc): copy the directory SRC into DST, both fds, keeping modes, owners and
     device numbers and following no symlink."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
     for entry in os.scandir(src):
         name = entry.name
         st = os.lstat(name, dir_fd=src)
-        mode = stat.S_IMODE(st.st_mode)
         if stat.S_ISDIR(st.st_mode):
             os.mkdir(name, 0o700, dir_fd=dst)
-            s = os.open(name, flags | os.O_DIRECTORY, dir_fd=src)
-            d = os.open(name, flags | os.O_DIRECTORY, dir_fd=dst)
-            try:
-                _copy_tree(s, d)
-                os.fchown(d, st.st_uid, st.st_gid)
-                os.fchmod(d, mode)
-            finally:
-                os.close(s)
-                os.close(d)
-            continue
-        if stat.S_ISLNK(st.st_mode):
-            os.symlink(os.readlink(name, dir_fd=src), name, dir_fd=dst)
+            _copy_node(name, src, dst, st, os.O_DIRECTORY, _copy_tree)
         elif stat.S_ISREG(st.st_mode):
-            s = os.open(name, flags, dir_fd=src)
-            d = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | flags, 0o600, dir_fd=dst)
-            try:
-                while os.sendfile(d, s, None, 1 << 20):
-                    pass
-                os.fchown(d, st.st_uid, st.st_gid)
-                os.fchmod(d, mode)
-            finally:
-                os.close(s)
-                os.close(d)
-            continue
+            _copy_node(name, src, dst, st, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _copy_bytes)
         else:
-            os.mknod(name, st.st_mode, st.st_rdev, dir_fd=dst)
-        os.chown(name, st.st_uid, st.st_gid, dir_fd=dst, follow_symlinks=False)
-        if not stat.S_ISLNK(st.st_mode):
-            os.chmod(name, mode, dir_fd=dst)
+            if stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(name, dir_fd=src), name, dir_fd=dst)
+            else:
+                os.mknod(name, st.st_mode, st.st_rdev, dir_fd=dst)
+            os.chown(name, st.st_uid, st.st_gid, dir_fd=dst, follow_symlinks=False)
+            if not stat.S_ISLNK(st.st_mode):
+                os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=dst)
+
+
+def _copy_node(name: str, src: int, dst: int, st: os.stat_result, dst_flags: int,
+               copy: Callable[[int, int], None]) -> None:
+    """A directory or regular file NAME: COPY its content from SRC's into DST's (DST_FLAGS open
+    or create it there), then its owner and mode, last, so a read-only mode cannot stop its own
+    filling."""
+    nofollow = os.O_NOFOLLOW | os.O_CLOEXEC
+    s = os.open(name, os.O_RDONLY | nofollow | (dst_flags & os.O_DIRECTORY), dir_fd=src)
+    try:
+        d = os.open(name, dst_flags | nofollow, 0o600, dir_fd=dst)
+        try:
+            copy(s, d)
+            os.fchown(d, st.st_uid, st.st_gid)
+            os.fchmod(d, stat.S_IMODE(st.st_mode))
+        finally:
+            os.close(d)
+    finally:
+        os.close(s)
+
+
+def _copy_bytes(src: int, dst: int) -> None:
+    while os.sendfile(dst, src, None, 1 << 20):
+        pass
 
 
 def _mount_cgroup(rootfd: int, dest: str, opts: spec.MountOptions) -> None:

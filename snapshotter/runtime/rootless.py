@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,12 @@ def is_rootless() -> bool:
     return os.geteuid() != 0
 
 
-def default_state_root(env: dict[str, str] | None = None) -> str:
+def default_state_root(env: Mapping[str, str] | None = None) -> str:
     """Where `pyunion-runtime` keeps state when --root is not given (runc: $XDG_RUNTIME_DIR/runc
     for a user, /run/runc for root)."""
-    env = os.environ if env is None else env
     if not is_rootless():
         return "/run/pyunion-runtime"
-    xdg = env.get("XDG_RUNTIME_DIR", "")
+    xdg = (os.environ if env is None else env).get("XDG_RUNTIME_DIR", "")
     if xdg and os.path.isabs(xdg):
         return os.path.join(xdg, "pyunion-runtime")
     return f"/tmp/pyunion-runtime-{os.geteuid()}"

@@ -8,7 +8,6 @@ are refused with an error, as runtime.md requires of `create`.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -406,24 +405,11 @@ def host_ids(config: dict) -> tuple[int, int]:
     return uid, gid
 
 
-def rootfs_path(config: dict, bundle: str | Path) -> Path:
-    """root.path made absolute against the bundle (runtime.md: relative to the bundle)."""
-    return Path(os.path.normpath(Path(bundle) / config["root"]["path"]))
-
-
-def exec_env(process: dict) -> list[str]:
-    return list(process.get("env") or [])
-
-
 def lookup_path(env: list[str]) -> str:
     for item in reversed(env):
         if item.startswith("PATH="):
             return item[5:]
     return DEFAULT_PATH
-
-
-def hooks(config: dict, name: str) -> list[dict]:
-    return list((config.get("hooks") or {}).get(name) or [])
 
 
 def default_spec() -> dict[str, Any]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -118,6 +120,27 @@ def test_failing_create_hook(anyrt, bundles, hook):
     assert res.returncode == 1
     assert "error running hook #0" in err(res) and "exit status 3" in err(res)
     assert_nothing_left(anyrt, "f", bundle)
+
+
+KILL_INIT = "import json, os, sys; os.kill(json.load(sys.stdin)['pid'], int(sys.argv[1]))"
+
+
+@pytest.mark.parametrize("hook, args", [
+    ("prestart", [sys.executable, "-c", KILL_INIT, "9"]),
+    ("createRuntime", [sys.executable, "-c", KILL_INIT, "9"]),
+    ("createContainer", ["sh", "-c", "kill -TERM 1"]),  # pid 1 of its pid namespace: the init
+])
+def test_init_killed_during_the_handshake_is_one_line(pyrt, bundles, hook, args):
+    """The init dies at a step of the handshake (handshake.py): `create` says so in one line,
+    quickly, and leaves nothing (before: the runtime's next Ok to the dead init surfaced as
+    '[Errno 32] Broken pipe')."""
+    def edit(c):
+        c["hooks"] = {hook: [{"path": shutil.which(args[0]), "args": args}]}
+    bundle = bundles.make(["true"], edit)
+    res = pyrt("create", "--bundle", str(bundle), "k")
+    assert res.returncode == 1
+    assert err(res) == "container init exited before it was ready"
+    assert_nothing_left(pyrt, "k", bundle)
 
 
 def test_hook_timeout(pyrt, bundles):
