@@ -13,8 +13,8 @@ import os
 from collections.abc import Callable
 
 from unionfs import fsapi
-from unionfs.transport.mount import Mounted, MountFailed, mount, unmount
-from unionfs.transport.session import Session
+from unionfs.transport.mount import Mounted, MountFailed, mount, set_readahead, unmount
+from unionfs.transport.session import MAX_WRITE, Session
 
 __all__ = ["MountFailed", "Mounted", "Session", "serve"]
 
@@ -26,6 +26,9 @@ def serve(fs: fsapi.Filesystem, target: str, options: set[str] | list[str], *,
     SIGTERM/SIGINT/SIGHUP (then unmount lazily). Raises MountFailed if it cannot mount."""
     m = mount(target, options)
     try:
+        if m.privileged:
+            # READs of the size the connection allows (1 MiB), not the kernel's 128 KiB
+            set_readahead(m, MAX_WRITE // 1024)
         session = Session(fs, m.fd, passthrough=passthrough, workers=workers, refuse=refuse)
         if ready is not None:
             ready(session)

@@ -275,7 +275,8 @@ class Session:
         log.debug("FUSE %d.%d, flags %#x, passthrough %s", major, minor, agreed,
                   self.passthrough)
         return proto.INIT_REPLY.pack(
-            proto.INIT_REPLY.size, 0, unique, proto.KERNEL_MAJOR, self.minor, max_readahead,
+            proto.INIT_REPLY.size, 0, unique, proto.KERNEL_MAJOR, self.minor,
+            max(max_readahead, MAX_WRITE),      # the kernel keeps the lower of this and its bdi's
             agreed & 0xFFFFFFFF, 64, 48, MAX_WRITE, 1, MAX_PAGES, 0, agreed >> 32,
             1 if self.passthrough else 0)
 
