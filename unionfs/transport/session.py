@@ -30,6 +30,7 @@ MAX_PAGES = MAX_WRITE // proto.PAGE
 BUFFER_SIZE = MAX_WRITE + proto.PAGE          # header + write_in + 1 MiB of data fit
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 STATX_BASIC_STATS = 0x7FF
+ALIAS_BIT = 1 << 63         # kernel node ids we made up for an inode (see Session._realias)
 
 class _Stop(Exception):
     """Raised by a stop signal while a worker waits in read(): no request is lost."""
@@ -85,6 +86,13 @@ class Session:
         self._lock = None if getattr(fs, "thread_safe", False) else threading.Lock()
         self._block = threading.Lock()      # the backing table is shared by all workers
         self._timeouts: dict[float, tuple[int, int]] = {}
+        # Aliases: a second kernel inode for one of the filesystem's inodes, made when an open
+        # cannot share the backing file the kernel bound the first one to (_realias).
+        self._ino_of: dict[int, int] = {}       # alias node id -> the filesystem's inode
+        self._alias: dict[int, int] = {}        # the filesystem's inode -> its newest alias
+        self._alias_refs: dict[int, int] = {}   # alias node id -> lookups the kernel holds
+        self._next_alias = ALIAS_BIT | 2
+        self.notifier.aliases = self._alias
         self.handlers: dict[int, Callable] = {
             proto.INIT: self._init, proto.LOOKUP: self._lookup, proto.FORGET: self._forget,
             proto.BATCH_FORGET: self._batch_forget, proto.GETATTR: self._getattr,
@@ -161,6 +169,8 @@ class Session:
         unpack = proto.IN_HEADER.unpack_from
         handlers = self.handlers
         lock = self._lock
+        ino_of = self._ino_of
+        OPEN, FORGET = proto.OPEN, proto.FORGET
         while True:
             try:
                 if main:
@@ -184,6 +194,8 @@ class Session:
             if n < proto.IN_HEADER_SIZE:
                 continue
             length, opcode, unique, nodeid, uid, gid, pid = unpack(buf)
+            if nodeid & ALIAS_BIT and opcode != OPEN and opcode != FORGET:
+                nodeid = ino_of.get(nodeid, nodeid)   # OPEN and FORGET need the alias
             handler = handlers.get(opcode)
             try:
                 if handler is None:
@@ -230,10 +242,41 @@ class Session:
             got = self._timeouts[t] = _split(t)
         return got
 
+    def _node_out(self, ino: int) -> int:
+        """The kernel node id to answer for inode `ino` in a reply that counts a lookup."""
+        alias = self._alias.get(ino)
+        if alias is None:
+            return ino
+        self._alias_refs[alias] += 1
+        return alias
+
+    def _realias(self, nodeid: int) -> None:
+        """Give the filesystem's inode behind kernel node `nodeid` a new kernel node id.
+
+        Called when an open of `nodeid` cannot share the backing file the kernel bound it to
+        (a lower file passed through to a reader, then copied up by this open). The open is
+        answered ESTALE: the kernel then retries the path walk once with LOOKUP_REVAL, our
+        LOOKUP answers the new id, the kernel drops the stale dentry and opens a fresh inode
+        with no passthrough handles. The reader keeps the old inode and its backing file."""
+        ino = self._ino_of.get(nodeid, nodeid)
+        alias = self._next_alias
+        self._next_alias += 1
+        self._ino_of[alias] = ino
+        self._alias_refs[alias] = 0
+        old = self._alias.get(ino)
+        self._alias[ino] = alias
+        if old is not None and not self._alias_refs.get(old):
+            self._drop_alias(old)
+
+    def _drop_alias(self, alias: int) -> None:
+        self._alias_refs.pop(alias, None)
+        self._ino_of.pop(alias, None)
+
     def _entry(self, unique: int, e: fsapi.Entry) -> bytes:
         es, ens = self._timeout(e.entry_timeout)
         as_, ans = self._timeout(e.attr_timeout)
-        return proto.ENTRY_REPLY.pack(proto.ENTRY_REPLY.size, 0, unique, e.attr.ino,
+        nodeid = e.attr.ino if not self._alias else self._node_out(e.attr.ino)
+        return proto.ENTRY_REPLY.pack(proto.ENTRY_REPLY.size, 0, unique, nodeid,
                                       e.generation, es, as_, ens, ans, *_attr_fields(e.attr))
 
     def _attr(self, unique: int, a: fsapi.Attr) -> bytes:
@@ -305,14 +348,26 @@ class Session:
                                                   fsapi.Ctx(uid, gid, pid)))
 
     def _forget(self, unique, nodeid, uid, gid, pid, body):
-        self.fs.forget(nodeid, proto.U64.unpack_from(body)[0])
+        n = proto.U64.unpack_from(body)[0]
+        self.fs.forget(self._forget_alias(nodeid, n) if nodeid & ALIAS_BIT else nodeid, n)
 
     def _batch_forget(self, unique, nodeid, uid, gid, pid, body):
         count = proto.U32.unpack_from(body)[0]
         forget = self.fs.forget
         for i in range(count):
             ino, n = proto.FORGET_ONE.unpack_from(body, 8 + 16 * i)
-            forget(ino, n)
+            forget(self._forget_alias(ino, n) if ino & ALIAS_BIT else ino, n)
+
+    def _forget_alias(self, alias: int, n: int) -> int:
+        """The kernel dropped `n` lookups of an alias: the filesystem's inode it stands for.
+        The newest alias of an inode stays (the next lookup answers it again)."""
+        ino = self._ino_of.get(alias, alias)
+        left = self._alias_refs.get(alias, 0) - n
+        if left > 0 or self._alias.get(ino) == alias:
+            self._alias_refs[alias] = max(left, 0)
+        else:
+            self._drop_alias(alias)
+        return ino
 
     def _getattr(self, unique, nodeid, uid, gid, pid, body):
         flags, fh = proto.GETATTR_IN.unpack_from(body)
@@ -379,6 +434,7 @@ class Session:
 
     def _link(self, unique, nodeid, uid, gid, pid, body):
         old = proto.U64.unpack_from(body)[0]
+        old = self._ino_of.get(old, old)
         return self._entry(unique, self.fs.link(old, nodeid, _name(body[8:]),
                                                 fsapi.Ctx(uid, gid, pid)))
 
@@ -404,7 +460,7 @@ class Session:
 
     # ------------------------------------------------------------------ files
     def _open_flags(self, nodeid: int, op: fsapi.Opened) -> tuple[int, int]:
-        """FOPEN_* flags and backing id for a new file handle."""
+        """FOPEN_* flags and backing id for a new file handle of kernel node `nodeid`."""
         flags = 0
         if op.keep_cache:
             flags |= proto.FOPEN_KEEP_CACHE
@@ -414,7 +470,8 @@ class Session:
             mode, backing_id = self.backing.open(nodeid, op.fh, op.backing_fd, op.direct_io)
         if mode == BUSY:
             self.fs.release(op.fh)
-            raise OSError(errno.ETXTBSY, "open in passthrough mode with another backing file")
+            self._realias(nodeid)
+            raise OSError(errno.ESTALE, "open in passthrough mode with another backing file")
         if mode == PASSTHROUGH:
             return proto.FOPEN_PASSTHROUGH, backing_id
         if mode == DIRECT:
@@ -438,9 +495,10 @@ class Session:
     def _open(self, unique, nodeid, uid, gid, pid, body):
         flags, open_flags = proto.OPEN_IN.unpack_from(body)
         ctx = fsapi.Ctx(uid, gid, pid)
-        op = self.fs.open(nodeid, flags, ctx)
+        ino = self._ino_of.get(nodeid, nodeid) if nodeid & ALIAS_BIT else nodeid
+        op = self.fs.open(ino, flags, ctx)
         if open_flags & proto.FUSE_OPEN_KILL_SUIDGID and flags & os.O_TRUNC:
-            self._kill_suid(nodeid, op.fh, ctx)
+            self._kill_suid(ino, op.fh, ctx)
         fopen, backing_id = self._open_flags(nodeid, op)
         return proto.OPEN_REPLY.pack(proto.OPEN_REPLY.size, 0, unique, op.fh, fopen, backing_id)
 
@@ -448,11 +506,12 @@ class Session:
         flags, mode, umask, _open_flags = proto.CREATE_IN.unpack_from(body)
         entry, op = self.fs.create(nodeid, _name(body[16:]), mode, flags,
                                    fsapi.Ctx(uid, gid, pid, umask))
-        fopen, backing_id = self._open_flags(entry.attr.ino, op)
         e, a = entry, entry.attr
+        nodeid = a.ino if not self._alias else self._node_out(a.ino)
+        fopen, backing_id = self._open_flags(nodeid, op)
         es, ens = self._timeout(e.entry_timeout)
         as_, ans = self._timeout(e.attr_timeout)
-        return proto.CREATE_REPLY.pack(proto.CREATE_REPLY.size, 0, unique, a.ino, e.generation,
+        return proto.CREATE_REPLY.pack(proto.CREATE_REPLY.size, 0, unique, nodeid, e.generation,
                                        es, as_, ens, ans, *_attr_fields(a), op.fh, fopen,
                                        backing_id)
 
@@ -566,6 +625,7 @@ class Session:
         pack = proto.DIRENTPLUS.pack
         count = self.fs.count_lookup
         zero = (0,) * 16
+        aliased = self._node_out if self._alias else None
         for d in self.fs.readdir(fh, offset, True):
             n = len(d.name)
             rec = (152 + n + 7) & ~7
@@ -579,7 +639,8 @@ class Session:
             else:
                 es, ens = self._timeout(e.entry_timeout)
                 as_, ans = self._timeout(e.attr_timeout)
-                head = pack(e.attr.ino, e.generation, es, as_, ens, ans, *_attr_fields(e.attr),
+                ino = e.attr.ino if aliased is None else aliased(e.attr.ino)
+                head = pack(ino, e.generation, es, as_, ens, ans, *_attr_fields(e.attr),
                             d.ino, d.offset, n, d.type >> 12)
                 count(e.attr.ino)
             parts.append(head + d.name + b"\0" * (rec - 152 - n))
