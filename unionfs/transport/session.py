@@ -9,6 +9,7 @@ and becomes EIO, never the end of the mount.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -30,6 +31,8 @@ MAX_PAGES = MAX_WRITE // proto.PAGE
 BUFFER_SIZE = MAX_WRITE + proto.PAGE          # header + write_in + 1 MiB of data fit
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 STATX_BASIC_STATS = 0x7FF
+PIPE_SIZE = MAX_WRITE       # a READ reply is spliced through a pipe this big (one page per slot)
+READAHEAD_KIB = (PIPE_SIZE - proto.PAGE) // 1024   # READs that fit it with their header
 ALIAS_BIT = 1 << 63         # kernel node ids we made up for an inode (see Session._realias)
 
 class _Stop(Exception):
@@ -64,10 +67,11 @@ class Session:
 
     `passthrough`: ask for FUSE passthrough (it is used only if the kernel offers it and we
     may register backing files, i.e. we are root). `refuse`: INIT flags to treat as not
-    offered (tests use it to exercise the fallbacks an older kernel would take)."""
+    offered (tests use it to exercise the fallbacks an older kernel would take). `splice`:
+    answer READs of a core with `read_fd` by splicing the file into /dev/fuse, else read()."""
 
     def __init__(self, fs: fsapi.Filesystem, fd: int, *, passthrough: bool = True,
-                 refuse: int = 0, workers: int = 1):
+                 refuse: int = 0, workers: int = 1, splice: bool = True):
         self.fs = fs
         self.fd = fd
         self.want_passthrough = passthrough and os.geteuid() == 0
@@ -86,6 +90,9 @@ class Session:
         self._lock = None if getattr(fs, "thread_safe", False) else threading.Lock()
         self._block = threading.Lock()      # the backing table is shared by all workers
         self._timeouts: dict[float, tuple[int, int]] = {}
+        self._read_fd = getattr(fs, "read_fd", None) if splice else None
+        self._tls = threading.local()            # each worker's pipe for spliced READ replies
+        self._pipes: list[int] = []
         # Aliases: a second kernel inode for one of the filesystem's inodes, made when an open
         # cannot share the backing file the kernel bound the first one to (_realias).
         self._ino_of: dict[int, int] = {}       # alias node id -> the filesystem's inode
@@ -141,6 +148,8 @@ class Session:
                 self._call_destroy()
             for c in clones:
                 os.close(c)
+            for p in self._pipes:
+                os.close(p)
 
     def _clone(self) -> int | None:
         """A new descriptor of the same connection (FUSE_DEV_IOC_CLONE), or None if refused."""
@@ -217,6 +226,8 @@ class Session:
             try:
                 if type(reply) is list:
                     writev(fd, reply)
+                elif type(reply) is int:
+                    self._splice_out(fd, reply)
                 else:
                     write(fd, reply)
             except OSError as e:
@@ -319,7 +330,7 @@ class Session:
                   self.passthrough)
         return proto.INIT_REPLY.pack(
             proto.INIT_REPLY.size, 0, unique, proto.KERNEL_MAJOR, self.minor,
-            max(max_readahead, MAX_WRITE),      # the kernel keeps the lower of this and its bdi's
+            max(max_readahead, READAHEAD_KIB * 1024),   # the kernel keeps min(this, its bdi's)
             agreed & 0xFFFFFFFF, 64, 48, MAX_WRITE, 1, MAX_PAGES, 0, agreed >> 32,
             1 if self.passthrough else 0)
 
@@ -517,8 +528,64 @@ class Session:
 
     def _read(self, unique, nodeid, uid, gid, pid, body):
         fh, offset, size = proto.RW_IN.unpack_from(body)[:3]
+        if self._read_fd is not None:
+            fd = self._read_fd(fh)
+            if fd is not None:
+                spliced = self._splice_in(unique, fd, offset, size)
+                if spliced is not None:
+                    return spliced
         data = self.fs.read(fh, offset, size)
         return [proto.OUT_HEADER.pack(16 + len(data), 0, unique), data]
+
+    def _pipe(self) -> tuple[int, int, int] | None:
+        """This worker's pipe (read end, write end, page slots), or None if it has none."""
+        p = getattr(self._tls, "pipe", None)
+        if p is None:
+            r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+            self._pipes += (r, w)
+            with contextlib.suppress(OSError):      # over a user's pipe quota: a smaller one
+                fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+            p = self._tls.pipe = (r, w, fcntl.fcntl(w, fcntl.F_GETPIPE_SZ) // proto.PAGE)
+        return p
+
+    def _splice_in(self, unique: int, fd: int, offset: int, size: int) -> int | None:
+        """Put a READ reply in this worker's pipe: the header, then the file's pages by
+        reference (no copy through the process); the worker splices it into /dev/fuse. Its
+        length, or None when it does not fit the pipe or the file ended early (then read())."""
+        r, w, slots = self._pipe()
+        n = max(0, min(size, os.fstat(fd).st_size - offset))
+        if 1 + (offset % proto.PAGE + n + proto.PAGE - 1) // proto.PAGE > slots:
+            return None                             # the header takes a slot of its own
+        os.write(w, proto.OUT_HEADER.pack(16 + n, 0, unique))
+        got = 0
+        try:
+            while got < n:
+                k = os.splice(fd, w, n - got, offset_src=offset + got)
+                if not k:
+                    break
+                got += k
+        except OSError:
+            self._drain(r)
+            raise
+        if got < n:                                 # truncated meanwhile: answer from read()
+            self._drain(r)
+            return None
+        return 16 + n
+
+    def _splice_out(self, fd: int, length: int) -> None:
+        r = self._tls.pipe[0]
+        try:
+            if os.splice(r, fd, length) != length:
+                raise OSError(errno.EIO, "short splice of a FUSE reply")
+        except OSError:
+            self._drain(r)                          # never leave half a reply in the pipe
+            raise
+
+    @staticmethod
+    def _drain(r: int) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(r, MAX_WRITE):
+                pass
 
     def _write(self, unique, nodeid, uid, gid, pid, body):
         fh, offset, size, write_flags = proto.RW_IN.unpack_from(body)[:4]
