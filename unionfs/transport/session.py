@@ -33,6 +33,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 STATX_BASIC_STATS = 0x7FF
 PIPE_SIZE = MAX_WRITE       # a READ reply is spliced through a pipe this big (one page per slot)
 READAHEAD_KIB = (PIPE_SIZE - proto.PAGE) // 1024   # READs that fit it with their header
+SPLICE_MIN = 32 << 10       # smaller READs are copied: two syscalls cost more than the copy
 ALIAS_BIT = 1 << 63         # kernel node ids we made up for an inode (see Session._realias)
 
 class _Stop(Exception):
@@ -528,7 +529,7 @@ class Session:
 
     def _read(self, unique, nodeid, uid, gid, pid, body):
         fh, offset, size = proto.RW_IN.unpack_from(body)[:3]
-        if self._read_fd is not None:
+        if self._read_fd is not None and size >= SPLICE_MIN:
             fd = self._read_fd(fh)
             if fd is not None:
                 spliced = self._splice_in(unique, fd, offset, size)
