@@ -538,8 +538,8 @@ class Session:
         data = self.fs.read(fh, offset, size)
         return [proto.OUT_HEADER.pack(16 + len(data), 0, unique), data]
 
-    def _pipe(self) -> tuple[int, int, int] | None:
-        """This worker's pipe (read end, write end, page slots), or None if it has none."""
+    def _pipe(self) -> tuple[int, int, int]:
+        """This worker's pipe: (read end, write end, page slots), made on its first READ."""
         p = getattr(self._tls, "pipe", None)
         if p is None:
             r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
