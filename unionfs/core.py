@@ -172,6 +172,9 @@ class UnionFilesystem:
     def read(self, fh: int, offset: int, size: int) -> bytes:
         return os.pread(self.u.fd_for_read(fh), size, offset)
 
+    def read_fd(self, fh: int) -> int:
+        return self.u.fd_for_read(fh)
+
     def write(self, fh: int, offset: int, data: bytes | memoryview, ctx: fsapi.Ctx) -> int:
         self.u.mutations += 1  # sizes and times change: cached listings age
         return os.pwrite(self._fd(fh), data, offset)

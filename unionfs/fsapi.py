@@ -203,6 +203,11 @@ class Filesystem(Protocol):
 
     def read(self, fh: int, offset: int, size: int) -> bytes: ...
 
+    def read_fd(self, fh: int) -> int | None:
+        """Optional: the descriptor holding `fh`'s data, which the transport may read itself
+        (splice: the data never enters the process) instead of calling read(); None to have
+        read() called. A core without it is read through read()."""
+
     def write(self, fh: int, offset: int, data: bytes | memoryview, ctx: Ctx) -> int: ...
 
     def release(self, fh: int) -> None: ...

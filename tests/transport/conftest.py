@@ -41,9 +41,11 @@ class CountingLoopback(Loopback):
     def __init__(self, source: str):
         super().__init__(source)
         self.calls: Counter[str] = Counter()
+        self.read_sizes: list[int] = []
 
     def read(self, fh, offset, size):
         self.calls["read"] += 1
+        self.read_sizes.append(size)
         return super().read(fh, offset, size)
 
     def write(self, fh, offset, data, ctx):

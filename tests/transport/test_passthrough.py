@@ -3,7 +3,6 @@ an inode cannot share one backing file (the kernel would fail such an open with 
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 
@@ -74,10 +73,11 @@ def test_two_opens_of_one_file_share_its_backing_id(serve_with):
     assert released(s.session)
 
 
-def test_open_that_cannot_share_the_backing_file_is_busy_not_eio(serve_with):
-    """The kernel binds an inode to one backing file while a passthrough handle is open; an
-    open the filesystem serves from another file (a copy-up) or from none gets ETXTBSY from
-    us (the kernel would give EIO), and works again once the reader has closed."""
+def test_open_that_cannot_share_the_backing_file_gets_an_inode_of_its_own(serve_with):
+    """The kernel binds an inode to one backing file while a passthrough handle is open (an
+    open served from another file, or from none, would fail with EIO). We answer such an open
+    ESTALE and give the file a new kernel node id: the kernel retries the walk once with
+    LOOKUP_REVAL, drops the stale dentry and opens a fresh inode, so the open succeeds."""
     s = serve_with(passthrough=True)
     (s.src / "f").write_bytes(b"hello")
     plain_open = type(s.fs).open
@@ -90,18 +90,28 @@ def test_open_that_cannot_share_the_backing_file_is_busy_not_eio(serve_with):
 
     s.fs.open = open_without_backing
     with open(s.mnt / "f", "rb") as reader:
-        with pytest.raises(OSError) as e:
-            os.close(os.open(s.mnt / "f", os.O_RDWR))
-        assert e.value.errno == errno.ETXTBSY
-        assert reader.read() == b"hello"
+        ino = os.fstat(reader.fileno()).st_ino
+        with open(s.mnt / "f", "r+b") as writer:   # a new inode, cached: through the daemon
+            writer.write(b"J")
+            writer.flush()
+            assert os.fstat(writer.fileno()).st_ino == ino      # st_ino is the file's
+        assert s.fs.calls["write"] == 1
+        assert reader.read() == b"Jello"       # the same file underneath
+        with open(s.mnt / "f", "rb") as late:  # the path leads to the new inode now
+            assert late.read() == b"Jello"
+        assert os.stat(s.mnt / "f").st_ino == ino
     assert released(s.session)
-    with open(s.mnt / "f", "r+b") as writer:       # cached mode now: through the daemon
-        writer.write(b"J")
-        writer.flush()
-        with open(s.mnt / "f", "rb") as reader:      # joins the cached mode
-            assert reader.read() == b"Jello"
-    assert s.fs.calls["write"] == 1
-    assert released(s.session)
+    os.link(s.mnt / "f", s.mnt / "g")          # requests on the new node id reach the file
+    os.chmod(s.mnt / "g", 0o600)
+    assert os.stat(s.mnt / "f").st_mode & 0o777 == 0o600
+    os.unlink(s.mnt / "g")
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("2")                           # the kernel forgets every inode it can
+    deadline = time.monotonic() + 10
+    while len(s.fs._inodes) > 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(s.fs._inodes) == 1              # lookups of both node ids were forgotten
+    assert len(s.session._ino_of) <= 1         # only the newest alias is kept
 
 
 # -- the bookkeeping alone, with fake registrations

@@ -13,20 +13,25 @@ import os
 from collections.abc import Callable
 
 from unionfs import fsapi
-from unionfs.transport.mount import Mounted, MountFailed, mount, unmount
-from unionfs.transport.session import Session
+from unionfs.transport.mount import Mounted, MountFailed, mount, set_readahead, unmount
+from unionfs.transport.session import READAHEAD_KIB, Session
 
 __all__ = ["MountFailed", "Mounted", "Session", "serve"]
 
 
 def serve(fs: fsapi.Filesystem, target: str, options: set[str] | list[str], *,
-          passthrough: bool = True, workers: int = 1, refuse: int = 0,
+          passthrough: bool = True, workers: int = 1, refuse: int = 0, splice: bool = True,
           ready: Callable[[Session], None] | None = None) -> Session:
     """Mount `fs` on `target`, call `ready(session)` once mounted, serve until unmounted or until
     SIGTERM/SIGINT/SIGHUP (then unmount lazily). Raises MountFailed if it cannot mount."""
     m = mount(target, options)
     try:
-        session = Session(fs, m.fd, passthrough=passthrough, workers=workers, refuse=refuse)
+        if m.privileged:
+            # READs of up to 1 MiB, not the kernel's 128 KiB; a page under it, so a READ reply
+            # and its header fit one 1 MiB pipe (Session splices them)
+            set_readahead(m, READAHEAD_KIB)
+        session = Session(fs, m.fd, passthrough=passthrough, workers=workers, refuse=refuse,
+                          splice=splice)
         if ready is not None:
             ready(session)
         session.run()

@@ -6,9 +6,10 @@ backing object; while any passthrough handle of an inode is open, every other op
 be a passthrough open of that same backing object, or the opener gets EIO (not even
 FOPEN_DIRECT_IO is accepted). So the transport keeps one backing id per inode while any
 passthrough open of it lasts (reused by every later open of the same backing file), opens in
-cached mode once an inode has cached handles, and refuses with ETXTBSY ("busy") an open that
-cannot share the inode's passthrough backing file: a different file (the union copied the file
-up while a reader held the lower copy) or none. -o passthrough=off has no such case.
+cached mode once an inode has cached handles, and answers BUSY for an open that cannot share
+the inode's passthrough backing file: a different file (the union copied the file up while a
+reader held the lower copy) or none. The session then moves the file to a new kernel inode
+(Session._realias). -o passthrough=off has no such case.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class BackingTable:
     def open(self, nodeid: int, fh: int, backing_fd: int | None, direct_io: bool
              ) -> tuple[int, int]:
         """(mode, backing id) for a new handle `fh` of `nodeid`; BUSY: it cannot be opened
-        now (the caller releases the handle and answers ETXTBSY)."""
+        on this kernel inode (the caller releases the handle and gives the file another)."""
         node = self._inodes.get(nodeid)
         if node is not None and node.through:
             if backing_fd is not None and not direct_io and node.ident == _ident(backing_fd):

@@ -190,6 +190,9 @@ class Loopback:
     def read(self, fh: int, offset: int, size: int) -> bytes:
         return os.pread(fh, size, offset)
 
+    def read_fd(self, fh: int) -> int:
+        return fh
+
     def write(self, fh: int, offset: int, data: bytes | memoryview, ctx: fsapi.Ctx) -> int:
         return os.pwrite(fh, data, offset)
 

@@ -17,7 +17,7 @@ import stat
 import subprocess
 from dataclasses import dataclass
 
-from unionfs import libc
+from unionfs import libc, mountinfo
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_SYNCHRONOUS = 1, 2, 4, 8, 16
 MS_DIRSYNC, MS_NOATIME, MS_NODIRATIME, MNT_DETACH = 128, 1024, 2048, 2
@@ -117,6 +117,23 @@ def _mount_fusermount(target: str, options) -> Mounted:
     finally:
         theirs.close()
         ours.close()
+
+
+def set_readahead(m: Mounted, kib: int) -> bool:
+    """Raise the readahead of the mount's backing device info (/sys/class/bdi/0:N, root only).
+
+    The kernel starts a FUSE mount at the default 128 KiB, so a sequential reader served by the
+    daemon costs one READ per 128 KiB; INIT can only lower that. Call it before INIT is
+    answered: the kernel keeps min(this, the INIT reply's max_readahead). False if refused."""
+    entry = mountinfo.top_mount(mountinfo.mount_point_path(m.target))
+    if entry is None or not entry.fstype.startswith("fuse"):
+        return False
+    try:
+        with open(f"/sys/class/bdi/{entry.dev[0]}:{entry.dev[1]}/read_ahead_kb", "w") as f:
+            f.write(str(kib))
+    except OSError:
+        return False
+    return True
 
 
 def unmount(m: Mounted, lazy: bool = True) -> None:

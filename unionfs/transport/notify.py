@@ -26,6 +26,7 @@ class QueuedNotifier:
         self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self.aliases: dict[int, int] = {}   # inode -> another kernel node id of it (Session)
 
     def inval_entry(self, parent: int, name: bytes) -> None:
         size = proto.INVAL_ENTRY.size + len(name) + 1
@@ -33,8 +34,10 @@ class QueuedNotifier:
                   + name + b"\0")
 
     def inval_inode(self, ino: int, offset: int = 0, length: int = 0) -> None:
-        self._put(proto.INVAL_INODE.pack(proto.INVAL_INODE.size, proto.NOTIFY_INVAL_INODE, 0,
-                                         ino, offset, length))
+        alias = self.aliases.get(ino)
+        for nodeid in (ino,) if alias is None else (ino, alias):
+            self._put(proto.INVAL_INODE.pack(proto.INVAL_INODE.size, proto.NOTIFY_INVAL_INODE,
+                                             0, nodeid, offset, length))
 
     def _put(self, msg: bytes) -> None:
         if self._thread is None:

@@ -9,6 +9,7 @@ and becomes EIO, never the end of the mount.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -30,6 +31,10 @@ MAX_PAGES = MAX_WRITE // proto.PAGE
 BUFFER_SIZE = MAX_WRITE + proto.PAGE          # header + write_in + 1 MiB of data fit
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 STATX_BASIC_STATS = 0x7FF
+PIPE_SIZE = MAX_WRITE       # a READ reply is spliced through a pipe this big (one page per slot)
+READAHEAD_KIB = (PIPE_SIZE - proto.PAGE) // 1024   # READs that fit it with their header
+SPLICE_MIN = 32 << 10       # smaller READs are copied: two syscalls cost more than the copy
+ALIAS_BIT = 1 << 63         # kernel node ids we made up for an inode (see Session._realias)
 
 class _Stop(Exception):
     """Raised by a stop signal while a worker waits in read(): no request is lost."""
@@ -63,10 +68,11 @@ class Session:
 
     `passthrough`: ask for FUSE passthrough (it is used only if the kernel offers it and we
     may register backing files, i.e. we are root). `refuse`: INIT flags to treat as not
-    offered (tests use it to exercise the fallbacks an older kernel would take)."""
+    offered (tests use it to exercise the fallbacks an older kernel would take). `splice`:
+    answer READs of a core with `read_fd` by splicing the file into /dev/fuse, else read()."""
 
     def __init__(self, fs: fsapi.Filesystem, fd: int, *, passthrough: bool = True,
-                 refuse: int = 0, workers: int = 1):
+                 refuse: int = 0, workers: int = 1, splice: bool = True):
         self.fs = fs
         self.fd = fd
         self.want_passthrough = passthrough and os.geteuid() == 0
@@ -85,6 +91,16 @@ class Session:
         self._lock = None if getattr(fs, "thread_safe", False) else threading.Lock()
         self._block = threading.Lock()      # the backing table is shared by all workers
         self._timeouts: dict[float, tuple[int, int]] = {}
+        self._read_fd = getattr(fs, "read_fd", None) if splice else None
+        self._tls = threading.local()            # each worker's pipe for spliced READ replies
+        self._pipes: list[int] = []
+        # Aliases: a second kernel inode for one of the filesystem's inodes, made when an open
+        # cannot share the backing file the kernel bound the first one to (_realias).
+        self._ino_of: dict[int, int] = {}       # alias node id -> the filesystem's inode
+        self._alias: dict[int, int] = {}        # the filesystem's inode -> its newest alias
+        self._alias_refs: dict[int, int] = {}   # alias node id -> lookups the kernel holds
+        self._next_alias = ALIAS_BIT | 2
+        self.notifier.aliases = self._alias
         self.handlers: dict[int, Callable] = {
             proto.INIT: self._init, proto.LOOKUP: self._lookup, proto.FORGET: self._forget,
             proto.BATCH_FORGET: self._batch_forget, proto.GETATTR: self._getattr,
@@ -133,6 +149,8 @@ class Session:
                 self._call_destroy()
             for c in clones:
                 os.close(c)
+            for p in self._pipes:
+                os.close(p)
 
     def _clone(self) -> int | None:
         """A new descriptor of the same connection (FUSE_DEV_IOC_CLONE), or None if refused."""
@@ -161,6 +179,8 @@ class Session:
         unpack = proto.IN_HEADER.unpack_from
         handlers = self.handlers
         lock = self._lock
+        ino_of = self._ino_of
+        OPEN, FORGET = proto.OPEN, proto.FORGET
         while True:
             try:
                 if main:
@@ -184,6 +204,8 @@ class Session:
             if n < proto.IN_HEADER_SIZE:
                 continue
             length, opcode, unique, nodeid, uid, gid, pid = unpack(buf)
+            if nodeid & ALIAS_BIT and opcode != OPEN and opcode != FORGET:
+                nodeid = ino_of.get(nodeid, nodeid)   # OPEN and FORGET need the alias
             handler = handlers.get(opcode)
             try:
                 if handler is None:
@@ -205,6 +227,8 @@ class Session:
             try:
                 if type(reply) is list:
                     writev(fd, reply)
+                elif type(reply) is int:
+                    self._splice_out(fd, reply)
                 else:
                     write(fd, reply)
             except OSError as e:
@@ -230,10 +254,41 @@ class Session:
             got = self._timeouts[t] = _split(t)
         return got
 
+    def _node_out(self, ino: int) -> int:
+        """The kernel node id to answer for inode `ino` in a reply that counts a lookup."""
+        alias = self._alias.get(ino)
+        if alias is None:
+            return ino
+        self._alias_refs[alias] += 1
+        return alias
+
+    def _realias(self, nodeid: int) -> None:
+        """Give the filesystem's inode behind kernel node `nodeid` a new kernel node id.
+
+        Called when an open of `nodeid` cannot share the backing file the kernel bound it to
+        (a lower file passed through to a reader, then copied up by this open). The open is
+        answered ESTALE: the kernel then retries the path walk once with LOOKUP_REVAL, our
+        LOOKUP answers the new id, the kernel drops the stale dentry and opens a fresh inode
+        with no passthrough handles. The reader keeps the old inode and its backing file."""
+        ino = self._ino_of.get(nodeid, nodeid)
+        alias = self._next_alias
+        self._next_alias += 1
+        self._ino_of[alias] = ino
+        self._alias_refs[alias] = 0
+        old = self._alias.get(ino)
+        self._alias[ino] = alias
+        if old is not None and not self._alias_refs.get(old):
+            self._drop_alias(old)
+
+    def _drop_alias(self, alias: int) -> None:
+        self._alias_refs.pop(alias, None)
+        self._ino_of.pop(alias, None)
+
     def _entry(self, unique: int, e: fsapi.Entry) -> bytes:
         es, ens = self._timeout(e.entry_timeout)
         as_, ans = self._timeout(e.attr_timeout)
-        return proto.ENTRY_REPLY.pack(proto.ENTRY_REPLY.size, 0, unique, e.attr.ino,
+        nodeid = e.attr.ino if not self._alias else self._node_out(e.attr.ino)
+        return proto.ENTRY_REPLY.pack(proto.ENTRY_REPLY.size, 0, unique, nodeid,
                                       e.generation, es, as_, ens, ans, *_attr_fields(e.attr))
 
     def _attr(self, unique: int, a: fsapi.Attr) -> bytes:
@@ -275,7 +330,8 @@ class Session:
         log.debug("FUSE %d.%d, flags %#x, passthrough %s", major, minor, agreed,
                   self.passthrough)
         return proto.INIT_REPLY.pack(
-            proto.INIT_REPLY.size, 0, unique, proto.KERNEL_MAJOR, self.minor, max_readahead,
+            proto.INIT_REPLY.size, 0, unique, proto.KERNEL_MAJOR, self.minor,
+            max(max_readahead, READAHEAD_KIB * 1024),   # the kernel keeps min(this, its bdi's)
             agreed & 0xFFFFFFFF, 64, 48, MAX_WRITE, 1, MAX_PAGES, 0, agreed >> 32,
             1 if self.passthrough else 0)
 
@@ -304,14 +360,26 @@ class Session:
                                                   fsapi.Ctx(uid, gid, pid)))
 
     def _forget(self, unique, nodeid, uid, gid, pid, body):
-        self.fs.forget(nodeid, proto.U64.unpack_from(body)[0])
+        n = proto.U64.unpack_from(body)[0]
+        self.fs.forget(self._forget_alias(nodeid, n) if nodeid & ALIAS_BIT else nodeid, n)
 
     def _batch_forget(self, unique, nodeid, uid, gid, pid, body):
         count = proto.U32.unpack_from(body)[0]
         forget = self.fs.forget
         for i in range(count):
             ino, n = proto.FORGET_ONE.unpack_from(body, 8 + 16 * i)
-            forget(ino, n)
+            forget(self._forget_alias(ino, n) if ino & ALIAS_BIT else ino, n)
+
+    def _forget_alias(self, alias: int, n: int) -> int:
+        """The kernel dropped `n` lookups of an alias: the filesystem's inode it stands for.
+        The newest alias of an inode stays (the next lookup answers it again)."""
+        ino = self._ino_of.get(alias, alias)
+        left = self._alias_refs.get(alias, 0) - n
+        if left > 0 or self._alias.get(ino) == alias:
+            self._alias_refs[alias] = max(left, 0)
+        else:
+            self._drop_alias(alias)
+        return ino
 
     def _getattr(self, unique, nodeid, uid, gid, pid, body):
         flags, fh = proto.GETATTR_IN.unpack_from(body)
@@ -378,6 +446,7 @@ class Session:
 
     def _link(self, unique, nodeid, uid, gid, pid, body):
         old = proto.U64.unpack_from(body)[0]
+        old = self._ino_of.get(old, old)
         return self._entry(unique, self.fs.link(old, nodeid, _name(body[8:]),
                                                 fsapi.Ctx(uid, gid, pid)))
 
@@ -403,7 +472,7 @@ class Session:
 
     # ------------------------------------------------------------------ files
     def _open_flags(self, nodeid: int, op: fsapi.Opened) -> tuple[int, int]:
-        """FOPEN_* flags and backing id for a new file handle."""
+        """FOPEN_* flags and backing id for a new file handle of kernel node `nodeid`."""
         flags = 0
         if op.keep_cache:
             flags |= proto.FOPEN_KEEP_CACHE
@@ -413,7 +482,8 @@ class Session:
             mode, backing_id = self.backing.open(nodeid, op.fh, op.backing_fd, op.direct_io)
         if mode == BUSY:
             self.fs.release(op.fh)
-            raise OSError(errno.ETXTBSY, "open in passthrough mode with another backing file")
+            self._realias(nodeid)
+            raise OSError(errno.ESTALE, "open in passthrough mode with another backing file")
         if mode == PASSTHROUGH:
             return proto.FOPEN_PASSTHROUGH, backing_id
         if mode == DIRECT:
@@ -437,9 +507,10 @@ class Session:
     def _open(self, unique, nodeid, uid, gid, pid, body):
         flags, open_flags = proto.OPEN_IN.unpack_from(body)
         ctx = fsapi.Ctx(uid, gid, pid)
-        op = self.fs.open(nodeid, flags, ctx)
+        ino = self._ino_of.get(nodeid, nodeid) if nodeid & ALIAS_BIT else nodeid
+        op = self.fs.open(ino, flags, ctx)
         if open_flags & proto.FUSE_OPEN_KILL_SUIDGID and flags & os.O_TRUNC:
-            self._kill_suid(nodeid, op.fh, ctx)
+            self._kill_suid(ino, op.fh, ctx)
         fopen, backing_id = self._open_flags(nodeid, op)
         return proto.OPEN_REPLY.pack(proto.OPEN_REPLY.size, 0, unique, op.fh, fopen, backing_id)
 
@@ -447,18 +518,75 @@ class Session:
         flags, mode, umask, _open_flags = proto.CREATE_IN.unpack_from(body)
         entry, op = self.fs.create(nodeid, _name(body[16:]), mode, flags,
                                    fsapi.Ctx(uid, gid, pid, umask))
-        fopen, backing_id = self._open_flags(entry.attr.ino, op)
         e, a = entry, entry.attr
+        nodeid = a.ino if not self._alias else self._node_out(a.ino)
+        fopen, backing_id = self._open_flags(nodeid, op)
         es, ens = self._timeout(e.entry_timeout)
         as_, ans = self._timeout(e.attr_timeout)
-        return proto.CREATE_REPLY.pack(proto.CREATE_REPLY.size, 0, unique, a.ino, e.generation,
+        return proto.CREATE_REPLY.pack(proto.CREATE_REPLY.size, 0, unique, nodeid, e.generation,
                                        es, as_, ens, ans, *_attr_fields(a), op.fh, fopen,
                                        backing_id)
 
     def _read(self, unique, nodeid, uid, gid, pid, body):
         fh, offset, size = proto.RW_IN.unpack_from(body)[:3]
+        if self._read_fd is not None and size >= SPLICE_MIN:
+            fd = self._read_fd(fh)
+            if fd is not None:
+                spliced = self._splice_in(unique, fd, offset, size)
+                if spliced is not None:
+                    return spliced
         data = self.fs.read(fh, offset, size)
         return [proto.OUT_HEADER.pack(16 + len(data), 0, unique), data]
+
+    def _pipe(self) -> tuple[int, int, int]:
+        """This worker's pipe: (read end, write end, page slots), made on its first READ."""
+        p = getattr(self._tls, "pipe", None)
+        if p is None:
+            r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+            self._pipes += (r, w)
+            with contextlib.suppress(OSError):      # over a user's pipe quota: a smaller one
+                fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+            p = self._tls.pipe = (r, w, fcntl.fcntl(w, fcntl.F_GETPIPE_SZ) // proto.PAGE)
+        return p
+
+    def _splice_in(self, unique: int, fd: int, offset: int, size: int) -> int | None:
+        """Put a READ reply in this worker's pipe: the header, then the file's pages by
+        reference (no copy through the process); the worker splices it into /dev/fuse. Its
+        length, or None when it does not fit the pipe or the file ended early (then read())."""
+        r, w, slots = self._pipe()
+        n = max(0, min(size, os.fstat(fd).st_size - offset))
+        if 1 + (offset % proto.PAGE + n + proto.PAGE - 1) // proto.PAGE > slots:
+            return None                             # the header takes a slot of its own
+        os.write(w, proto.OUT_HEADER.pack(16 + n, 0, unique))
+        got = 0
+        try:
+            while got < n:
+                k = os.splice(fd, w, n - got, offset_src=offset + got)
+                if not k:
+                    break
+                got += k
+        except OSError:
+            self._drain(r)
+            raise
+        if got < n:                                 # truncated meanwhile: answer from read()
+            self._drain(r)
+            return None
+        return 16 + n
+
+    def _splice_out(self, fd: int, length: int) -> None:
+        r = self._tls.pipe[0]
+        try:
+            if os.splice(r, fd, length) != length:
+                raise OSError(errno.EIO, "short splice of a FUSE reply")
+        except OSError:
+            self._drain(r)                          # never leave half a reply in the pipe
+            raise
+
+    @staticmethod
+    def _drain(r: int) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(r, MAX_WRITE):
+                pass
 
     def _write(self, unique, nodeid, uid, gid, pid, body):
         fh, offset, size, write_flags = proto.RW_IN.unpack_from(body)[:4]
@@ -565,6 +693,7 @@ class Session:
         pack = proto.DIRENTPLUS.pack
         count = self.fs.count_lookup
         zero = (0,) * 16
+        aliased = self._node_out if self._alias else None
         for d in self.fs.readdir(fh, offset, True):
             n = len(d.name)
             rec = (152 + n + 7) & ~7
@@ -578,7 +707,8 @@ class Session:
             else:
                 es, ens = self._timeout(e.entry_timeout)
                 as_, ans = self._timeout(e.attr_timeout)
-                head = pack(e.attr.ino, e.generation, es, as_, ens, ans, *_attr_fields(e.attr),
+                ino = e.attr.ino if aliased is None else aliased(e.attr.ino)
+                head = pack(ino, e.generation, es, as_, ens, ans, *_attr_fields(e.attr),
                             d.ino, d.offset, n, d.type >> 12)
                 count(e.attr.ino)
             parts.append(head + d.name + b"\0" * (rec - 152 - n))
