@@ -12,7 +12,7 @@ COLORS = {
     "unionfs-fuse": "#2ca02c",
     "pyunion": "#d62728",
     "pyunion-kernel": "#9467bd",
-    "pyunion-kernel-all": "#17becf",
+    "pyunion-kernel-upper": "#17becf",
     "pyunion-kernel-nopt": "#8c564b",
     "pyunion-pyfuse3": "#e377c2",
     "runc+kernel-overlay": "#1f77b4",

@@ -211,17 +211,18 @@ class Pyunion(Impl):
 
 
 class PyunionKernel(Pyunion):
-    """Our own FUSE transport (unionfs/transport), with passthrough where the kernel allows."""
+    """Our own FUSE transport (unionfs/transport), with passthrough where the kernel allows
+    (the default: upper files and lower files opened read-only)."""
 
     name, label = "pyunion-kernel", "pyunion (own transport, passthrough)"
     options = "-o workdir=W,backend=kernel UPPER:TOP:BASE"
     extra = ("backend=kernel",)
 
 
-class PyunionKernelAll(Pyunion):
-    name, label = "pyunion-kernel-all", "pyunion (own transport, passthrough of lower files too)"
-    options = "-o workdir=W,backend=kernel,passthrough=all UPPER:TOP:BASE"
-    extra = ("backend=kernel", "passthrough=all")
+class PyunionKernelUpper(Pyunion):
+    name, label = "pyunion-kernel-upper", "pyunion (own transport, passthrough of upper files only)"
+    options = "-o workdir=W,backend=kernel,passthrough=upper UPPER:TOP:BASE"
+    extra = ("backend=kernel", "passthrough=upper")
 
 
 class PyunionKernelNoPassthrough(Pyunion):
@@ -237,6 +238,6 @@ class PyunionPyfuse3(Pyunion):
 
 
 ALL: list[Impl] = [Native(), KernelOverlay(), FuseOverlayfs(), UnionfsFuse(), Pyunion(),
-                   PyunionKernel(), PyunionKernelAll(), PyunionKernelNoPassthrough(),
+                   PyunionKernel(), PyunionKernelUpper(), PyunionKernelNoPassthrough(),
                    PyunionPyfuse3()]
 BY_NAME = {i.name: i for i in ALL}

@@ -59,7 +59,7 @@ class MountConfig:
     warnings: list[str] = field(default_factory=list)
     backend: str | None = None       # kernel | pyfuse3; None = $PYUNION_BACKEND or the default
     passthrough: bool = True         # FUSE passthrough where the kernel allows it (backend=kernel)
-    passthrough_lower: bool = False  # passthrough=all: lower files read-only too (docs/transport.md)
+    passthrough_lower: bool = True   # lower files opened read-only too; off with passthrough=upper
 
     @property
     def readonly(self) -> bool:
@@ -143,10 +143,12 @@ def _apply_option(cfg: MountConfig, item: str, seen: dict[str, str]) -> None:
             raise UsageError(f"option backend={value!r}: use backend=kernel or backend=pyfuse3")
         cfg.backend = value
     elif key == "passthrough":
-        if value not in ("on", "off", "all"):
-            raise UsageError(f"option passthrough={value!r}: use passthrough=on, off or all")
+        # on (= all, its old name): upper files and lower files opened read-only; upper: only
+        # upper files, so a reader of a lower file follows a later copy-up as on overlayfs.
+        if value not in ("on", "all", "upper", "off"):
+            raise UsageError(f"option passthrough={value!r}: use passthrough=on, upper or off")
         cfg.passthrough = value != "off"
-        cfg.passthrough_lower = value == "all"
+        cfg.passthrough_lower = value in ("on", "all")
     elif key == "debug":
         cfg.debug = True
     elif key in FUSE_FLAGS:

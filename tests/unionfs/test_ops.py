@@ -29,9 +29,9 @@ class Stack:
         for d in (self.up, self.l1, self.l2, self.work, self.mnt):
             d.mkdir()
 
-    def mount(self, upper: bool = True):
+    def mount(self, upper: bool = True, options: tuple[str, ...] = ()):
         return mounted(self.up if upper else None, [self.l1, self.l2], self.mnt,
-                       options=[f"workdir={self.work}"] if upper else [])
+                       options=([f"workdir={self.work}"] if upper else []) + list(options))
 
 
 def build_lowers(s: Stack) -> None:
@@ -284,8 +284,12 @@ def test_inode_numbers_stable_across_copy_up_remount_and_ro_mount(s):
         assert os.lstat(s.mnt / "keep").st_ino == ro["keep"]
 
 
-def test_reader_opened_before_copy_up_sees_new_data(s):
-    with s.mount():
+@pytest.mark.parametrize("mode", ["passthrough=upper", "passthrough=off", "backend=pyfuse3"])
+def test_reader_opened_before_copy_up_sees_new_data(s, mode):
+    """Overlayfs's rule, kept wherever lower files are not passed through (rootless mounts,
+    pyfuse3, passthrough=upper/off); the default's one exception is pinned in
+    tests/transport/test_union_passthrough.py."""
+    with s.mount(options=(mode,)):
         m = s.mnt
         with open(m / "over", "rb", buffering=0) as reader:
             assert reader.read(3) == b"ove"
