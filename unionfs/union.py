@@ -17,6 +17,7 @@ import shutil
 import stat
 
 from unionfs import copyup
+from unionfs.fsapi import Notifier
 from unionfs.attributes import Attributes
 from unionfs.creation import Creation
 from unionfs.deeppath import DeepPaths
@@ -54,7 +55,7 @@ class Union(Resolution, Listing, HardLinks, Attributes, Creation, Renaming, Hand
         self.numbers = InodeNumbers(devs)
         self.table = InodeTable()
         self.deep = DeepPaths()
-        self.notifier = None     # fsapi.Notifier, once the transport has one
+        self.notifier: Notifier | None = None     # once the transport has one
         self.handles: dict[int, Handle] = {}
         self.mutations = 0
         # Visible-name counts of lower hardlinks, each with the mutation count it was taken at.
@@ -71,7 +72,7 @@ class Union(Resolution, Listing, HardLinks, Attributes, Creation, Renaming, Hand
                 shutil.rmtree(self.work)  # leftovers of a crash: never visible, now gone
             os.makedirs(self.work, 0o700, exist_ok=True)
         root_stack = self._root_stack()
-        st = os.lstat(self.layers[root_stack[0]])
+        st = os.lstat(self.real(root_stack[0], ""))
         self.table.add(Node(ROOT, None, "", True, root_stack[0], root_stack, lookups=1))
         self.root_st = st
 
