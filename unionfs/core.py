@@ -72,14 +72,22 @@ class UnionFilesystem:
 
     # -- presentation
     def _node(self, ino: int) -> Node:
-        node = self.u.table.get(ino)
+        node = self.u.table.nodes.get(ino)
         if node is None:
             raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
         return node
 
     def _attr(self, node: Node, st: os.stat_result) -> fsapi.Attr:
-        uid, gid, mode, rdev = self.u.present(node, st)
-        return fsapi.Attr(node.ino, mode, self.u.nlink(node, st), uid, gid, rdev, st.st_size,
+        u = self.u
+        if u._plain_ids:   # the common case, without the calls: what the disk says
+            uid, gid, mode, rdev = st.st_uid, st.st_gid, st.st_mode, st.st_rdev
+        else:
+            uid, gid, mode, rdev = u.present(node, st)
+        # Only directories and multiply-linked files have a count other than the disk's.
+        nlink = st.st_nlink
+        if nlink > 1 or node.is_dir:
+            nlink = u.nlink(node, st)
+        return fsapi.Attr(node.ino, mode, nlink, uid, gid, rdev, st.st_size,
                           st.st_blksize, st.st_blocks, st.st_atime_ns, st.st_mtime_ns,
                           st.st_ctime_ns)
 

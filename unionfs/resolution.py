@@ -31,6 +31,10 @@ from unionfs.layers import (
 )
 from unionfs.plumbing import _err, _getter, _join
 
+PRESENT = Found(True)
+DIRECTORY = Found(True, is_dir=True)
+OPAQUE_DIRECTORY = Found(True, is_dir=True, opaque=True)
+
 
 @dataclass
 class Resolved:
@@ -43,7 +47,7 @@ class Resolved:
 
 
 class Resolution:
-
+    _last_lookup: tuple[Node, str, int, Resolved | None, bool] | None
 
     def real(self, layer: int, path: str) -> str:
         """The layer's object at merged-view `path`, named so that any depth works."""
@@ -93,14 +97,15 @@ class Resolution:
         try:
             st = os.lstat(p)
         except (FileNotFoundError, NotADirectoryError):
-            if os.path.lexists(f"{d}/{whiteout_name(name)}"):
+            # access() answers without raising: cheaper than lexists() for the usual miss
+            if os.access(f"{d}/{whiteout_name(name)}", os.F_OK, follow_symlinks=False):
                 return HIDDEN, None
             return ABSENT, None
         if is_kernel_whiteout(st.st_mode, st.st_rdev):
             return HIDDEN, None
         if stat.S_ISDIR(st.st_mode):
-            return Found(True, is_dir=True, opaque=self._dir_opaque(p)), st
-        return Found(True), st
+            return (OPAQUE_DIRECTORY if self._dir_opaque(p) else DIRECTORY), st
+        return PRESENT, st
 
     # Lower layers are read-only and, as with overlayfs, must not change while mounted: their
     # listings and attributes are read once and answered from memory afterwards.
@@ -121,21 +126,24 @@ class Resolution:
 
     def _probe_lower(self, layer: int, dirpath: str, name: str
                      ) -> tuple[Found, os.stat_result | None]:
-        ld = self._lower_dir(layer, dirpath)
+        # The hot path of every lookup: dictionaries read inline, answers shared.
+        ld = self._lower_dirs.get((layer, dirpath)) or self._lower_dir(layer, dirpath)
         ent = ld.entries.get(name)
         if ent is None:
             return (HIDDEN if name in ld.whiteouts else ABSENT), None
         is_dir, kernel_wh = ent
         if kernel_wh:
             return HIDDEN, None
-        path = _join(dirpath, name)
-        try:
-            st = self._lower_stat(layer, path)
-        except OSError:
-            return ABSENT, None
+        path = f"{dirpath}/{name}" if dirpath else name
+        st = self._lower_stats.get((layer, path))
+        if st is None:
+            try:
+                st = self._lower_stat(layer, path)
+            except OSError:
+                return ABSENT, None
         if is_dir:
-            return Found(True, is_dir=True, opaque=self._lower_dir(layer, path).opaque), st
-        return Found(True), st
+            return (OPAQUE_DIRECTORY if self._lower_dir(layer, path).opaque else DIRECTORY), st
+        return PRESENT, st
 
     def _resolve_child(self, parent: Node, name: str,
                        answers: list[tuple[int, Found]] | None = None) -> Resolved | None:
@@ -215,16 +223,35 @@ class Resolution:
         if name == "..":
             p = parent.parent or parent
             return self._ref(p, count), self.stat(p)
-        if len(name.encode(errors="surrogateescape")) > NAME_MAX:
+        # (up to 63 characters cannot make more than NAME_MAX bytes: no encoding needed)
+        if len(name) > NAME_MAX // 4 and len(name.encode(errors="surrogateescape")) > NAME_MAX:
             raise _err(errno.ENAMETOOLONG)   # statfs says NAME_MAX: room for a whiteout
         if is_meta_name(name):
             raise _err(errno.ENOENT)
         self.refresh(parent)
-        r = self._resolve_child(parent, name)
+        answers: list[tuple[int, Found]] = []
+        r = self._resolve_child(parent, name, answers)
+        if r is not None:
+            r = self._rejoin(parent, name, r)
+        self._last_lookup = (parent, name, self.mutations, r,
+                             bool(answers) and answers[0][0] == UPPER and answers[0][1].whiteout)
         if r is None:
             raise _err(errno.ENOENT)
-        r = self._rejoin(parent, name, r)
         return self._node_for(parent, name, r, count), r.st
+
+    def _child(self, parent: Node, name: str) -> tuple[Resolved | None, bool]:
+        """(what `name` shows in `parent`, or None; whether an upper whiteout hides it) for a
+        call about to change it. The kernel looks a name up just before it creates or removes
+        it: when nothing changed since (the mutation count), that lookup's answer stands, as the
+        lowers are fixed while mounted and the upper changes only through the mount."""
+        last = self._last_lookup
+        if (last is not None and last[0] is parent and last[1] == name
+                and last[2] == self.mutations and parent.gen == self.table.gen):
+            return last[3], last[4]
+        self.refresh(parent)
+        answers: list[tuple[int, Found]] = []
+        r = self._resolve_child(parent, name, answers)
+        return r, bool(answers) and answers[0][0] == UPPER and answers[0][1].whiteout
 
     def _ref(self, node: Node, count: bool) -> Node:
         if count:

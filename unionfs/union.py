@@ -17,10 +17,10 @@ import shutil
 import stat
 
 from unionfs import copyup
-from unionfs.fsapi import Notifier
 from unionfs.attributes import Attributes
 from unionfs.creation import Creation
 from unionfs.deeppath import DeepPaths
+from unionfs.fsapi import Notifier
 from unionfs.handles import Handle, Handles
 from unionfs.hardlinks import HardLinks
 from unionfs.idmaps import chown_out_of_reach as needs_override
@@ -58,6 +58,9 @@ class Union(Resolution, Listing, HardLinks, Attributes, Creation, Renaming, Hand
         self.notifier: Notifier | None = None     # once the transport has one
         self.handles: dict[int, Handle] = {}
         self.mutations = 0
+        # The last lookup: (parent, name, mutation count, resolution or None, hidden by an
+        # upper whiteout), for the create or removal the kernel sends right after it.
+        self._last_lookup = None
         # Visible-name counts of lower hardlinks, each with the mutation count it was taken at.
         self._nlinks: dict[tuple[int, int], tuple[int, int]] = {}
         # Lower hardlink groups found whole (see _rejoin), with the mutation count of the check.
