@@ -84,7 +84,7 @@ class Session:
         self._destroyed = False
         self._lock = None if getattr(fs, "thread_safe", False) else threading.Lock()
         self._block = threading.Lock()      # the backing table is shared by all workers
-        self._timeouts: dict[float, tuple[int, int]] = {}
+        self._timeouts: dict = {}    # a timeout (or an entry's pair) -> packed fields
         self.handlers: dict[int, Callable] = {
             proto.INIT: self._init, proto.LOOKUP: self._lookup, proto.FORGET: self._forget,
             proto.BATCH_FORGET: self._batch_forget, proto.GETATTR: self._getattr,
@@ -160,7 +160,7 @@ class Session:
         readv, write, writev = os.readv, os.write, os.writev
         unpack = proto.IN_HEADER.unpack_from
         handlers = self.handlers
-        lock = self._lock
+        lock = self._lock if self.workers > 1 else None   # one loop needs no lock
         while True:
             try:
                 if main:
@@ -230,11 +230,19 @@ class Session:
             got = self._timeouts[t] = _split(t)
         return got
 
+    def _entry_timeouts(self, e: fsapi.Entry) -> tuple[int, int, int, int]:
+        """(entry s, attr s, entry ns, attr ns), in the order fuse_entry_out holds them."""
+        key = (e.entry_timeout, e.attr_timeout)
+        got = self._timeouts.get(key)
+        if got is None:
+            (es, ens), (as_, ans) = _split(key[0]), _split(key[1])
+            got = self._timeouts[key] = (es, as_, ens, ans)
+        return got
+
     def _entry(self, unique: int, e: fsapi.Entry) -> bytes:
-        es, ens = self._timeout(e.entry_timeout)
-        as_, ans = self._timeout(e.attr_timeout)
         return proto.ENTRY_REPLY.pack(proto.ENTRY_REPLY.size, 0, unique, e.attr.ino,
-                                      e.generation, es, as_, ens, ans, *_attr_fields(e.attr))
+                                      e.generation, *self._entry_timeouts(e),
+                                      *_attr_fields(e.attr))
 
     def _attr(self, unique: int, a: fsapi.Attr) -> bytes:
         s, ns = self._timeout(self.fs.attr_timeout)
@@ -448,12 +456,10 @@ class Session:
         entry, op = self.fs.create(nodeid, _name(body[16:]), mode, flags,
                                    fsapi.Ctx(uid, gid, pid, umask))
         fopen, backing_id = self._open_flags(entry.attr.ino, op)
-        e, a = entry, entry.attr
-        es, ens = self._timeout(e.entry_timeout)
-        as_, ans = self._timeout(e.attr_timeout)
-        return proto.CREATE_REPLY.pack(proto.CREATE_REPLY.size, 0, unique, a.ino, e.generation,
-                                       es, as_, ens, ans, *_attr_fields(a), op.fh, fopen,
-                                       backing_id)
+        a = entry.attr
+        return proto.CREATE_REPLY.pack(proto.CREATE_REPLY.size, 0, unique, a.ino,
+                                       entry.generation, *self._entry_timeouts(entry),
+                                       *_attr_fields(a), op.fh, fopen, backing_id)
 
     def _read(self, unique, nodeid, uid, gid, pid, body):
         fh, offset, size = proto.RW_IN.unpack_from(body)[:3]
@@ -564,6 +570,7 @@ class Session:
         used = 16
         pack = proto.DIRENTPLUS.pack
         count = self.fs.count_lookup
+        timeouts = self._entry_timeouts
         zero = (0,) * 16
         for d in self.fs.readdir(fh, offset, True):
             n = len(d.name)
@@ -576,9 +583,7 @@ class Session:
                 # the kernel takes no reference on "." and "..": no lookup to count
                 head = pack(0, 0, 0, 0, 0, 0, *zero, d.ino, d.offset, n, d.type >> 12)
             else:
-                es, ens = self._timeout(e.entry_timeout)
-                as_, ans = self._timeout(e.attr_timeout)
-                head = pack(e.attr.ino, e.generation, es, as_, ens, ans, *_attr_fields(e.attr),
+                head = pack(e.attr.ino, e.generation, *timeouts(e), *_attr_fields(e.attr),
                             d.ino, d.offset, n, d.type >> 12)
                 count(e.attr.ino)
             parts.append(head + d.name + b"\0" * (rec - 152 - n))
