@@ -63,8 +63,9 @@ class Creation:
             self._clear_kernel_whiteout(path)
         fd = os.open(path, (flags | os.O_CREAT | os.O_EXCL) & ~os.O_NOFOLLOW, stat.S_IMODE(mode))
         try:
-            self._own(path, uid, gid, updir, stat.S_IMODE(mode))
             st = os.fstat(fd)
+            if self._own(path, uid, gid, updir, stat.S_IMODE(mode), st):
+                st = os.fstat(fd)
         except BaseException:
             os.close(fd)
             os.unlink(path)
