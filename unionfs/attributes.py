@@ -15,9 +15,10 @@ from unionfs.inodes import UPPER, Node
 from unionfs.layers import is_private_xattr
 from unionfs.ownership import OVERRIDE_XATTRS, Override, read_override, write_override
 from unionfs.plumbing import _err
+from unionfs.unionstate import Base
 
 
-class Attributes:
+class Attributes(Base):
 
     def _keep_ownership(self, src: str, st: os.stat_result, tmp: str) -> None:
         """A copy the daemon could not chown keeps the source's owner and mode in the xattr."""

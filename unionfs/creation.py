@@ -22,9 +22,10 @@ from unionfs.layers import (
 from unionfs.ownership import Override, read_override, write_override
 from unionfs.plumbing import _err, _touch
 from unionfs.resolution import Resolved
+from unionfs.unionstate import Base
 
 
-class Creation:
+class Creation(Base):
 
 
     def _check_new_name(self, parent: Node, name: str) -> bool:

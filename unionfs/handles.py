@@ -11,11 +11,12 @@ import os
 from dataclasses import dataclass
 
 from unionfs.inodes import ROOT, UPPER, Node
+from unionfs.unionstate import Base
 
 SMALL_FILE = 128 << 10      # the kernel's default readahead window
 
 
-class Handles:
+class Handles(Base):
 
 
     def open(self, node: Node, flags: int) -> int:
@@ -74,7 +75,7 @@ class Handles:
             del self.table.nodes[node.ino]
 
     def statfs(self) -> os.statvfs_result:
-        return os.statvfs(self.layers[0] or self.layers[1])
+        return os.statvfs(self.real(UPPER if self.layers[UPPER] else 1, ""))
 
 
 @dataclass

@@ -30,6 +30,7 @@ from unionfs.layers import (
     whiteout_name,
 )
 from unionfs.plumbing import _err, _getter, _join
+from unionfs.unionstate import Base
 
 PRESENT = Found(True)
 DIRECTORY = Found(True, is_dir=True)
@@ -46,12 +47,14 @@ class Resolved:
     ino: int
 
 
-class Resolution:
-    _last_lookup: tuple[Node, str, int, Resolved | None, bool] | None
+class Resolution(Base):
+    _last_lookup: tuple[Node, str, int, Resolved | None, bool] | None   # see _child
 
     def real(self, layer: int, path: str) -> str:
         """The layer's object at merged-view `path`, named so that any depth works."""
         base = self.layers[layer]
+        if base is None:   # the upper of a read-only mount
+            raise _err(errno.EROFS)
         if not path:
             return base
         full = f"{base}/{path}"
@@ -60,8 +63,9 @@ class Resolution:
     def _invalidate(self) -> None:
         """Directories of the upper moved or went: cached resolutions and descriptors age."""
         self.table.invalidate()
-        if self.layers[UPPER]:
-            self.deep.forget(self.layers[UPPER])
+        upper = self.layers[UPPER]
+        if upper:
+            self.deep.forget(upper)
 
     def node_real(self, node: Node) -> str:
         self.refresh(node)
