@@ -19,6 +19,7 @@ from unionfs.unionstate import Base
 
 
 class Attributes(Base):
+    _xattr_miss: tuple[Node, str, int] | None     # see getxattr
 
     def _keep_ownership(self, src: str, st: os.stat_result, tmp: str) -> None:
         """A copy the daemon could not chown keeps the source's owner and mode in the xattr."""
@@ -141,7 +142,19 @@ class Attributes(Base):
     def getxattr(self, node: Node, name: str) -> bytes:
         if self.private(name):
             raise _err(errno.ENODATA)
-        return os.getxattr(self.node_real(node), name, follow_symlinks=False)
+        # The kernel asks for security.capability before every write(2) (file_remove_privs),
+        # passthrough writes included: an attribute found absent stays absent until a change
+        # is counted (setxattr, removexattr and chown all count one).
+        miss = self._xattr_miss
+        if miss is not None and miss[0] is node and miss[1] == name \
+                and miss[2] == self.mutations:
+            raise _err(errno.ENODATA)
+        try:
+            return os.getxattr(self.node_real(node), name, follow_symlinks=False)
+        except OSError as e:
+            if e.errno == errno.ENODATA:
+                self._xattr_miss = (node, name, self.mutations)
+            raise
 
     def listxattr(self, node: Node) -> list[str]:
         return [n for n in os.listxattr(self.node_real(node), follow_symlinks=False)

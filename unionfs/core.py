@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import sys
 from collections.abc import Iterator
 
 from unionfs import fsapi, libc
@@ -23,8 +24,12 @@ log = logging.getLogger("pyunion")
 LISTING_CACHE_ENTRIES = 500_000   # bound on names held by the listing cache
 
 
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
+
+
 def _name(b: bytes) -> str:
-    return os.fsdecode(b)
+    return b.decode(_FS_ENCODING, _FS_ERRORS)     # os.fsdecode, one call less
 
 
 class _Stream:

@@ -297,10 +297,10 @@ class Resolution(Base):
                 return os.fstat(fd)
             raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
         try:
-            real = self.node_real(node)
+            self.refresh(node)
             if node.layer != UPPER:
                 return self._lower_stat(node.layer, node.path())
-            return os.lstat(real)
+            return os.lstat(self.real(UPPER, node.path()))
         except OSError:
             fd = self._any_fd(node)
             if fd is None:

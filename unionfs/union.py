@@ -61,6 +61,7 @@ class Union(Resolution, Listing, HardLinks, Attributes, Creation, Renaming, Hand
         # The last lookup: (parent, name, mutation count, resolution or None, hidden by an
         # upper whiteout), for the create or removal the kernel sends right after it.
         self._last_lookup = None
+        self._xattr_miss = None     # (node, name, mutation count) of the last absent xattr
         # Visible-name counts of lower hardlinks, each with the mutation count it was taken at.
         self._nlinks: dict[tuple[int, int], tuple[int, int]] = {}
         # Lower hardlink groups found whole (see _rejoin), with the mutation count of the check.
