@@ -341,6 +341,34 @@ def test_special_files_symlinks_xattrs(s):
         assert not any(x.startswith("trusted.") for x in os.listxattr(m / "xopq"))
 
 
+def test_absent_xattr_answered_after_every_change(s):
+    """The core answers a repeated absent xattr from memory (the kernel asks for
+    security.capability before each write): every change must end that answer, whichever
+    name of the file it goes through, and writes through the mount in between change nothing."""
+    with s.mount():
+        m = s.mnt
+        f = m / "new"
+        f.write_bytes(b"x")
+        os.link(f, m / "other")
+        for _ in range(2):
+            with pytest.raises(OSError) as e:
+                os.getxattr(f, "user.k")
+            assert e.value.errno == errno.ENODATA
+        with open(f, "ab") as fh:
+            for _ in range(3):
+                fh.write(b"y")
+                fh.flush()
+        os.setxattr(m / "other", "user.k", b"1")
+        assert os.getxattr(f, "user.k") == b"1"
+        os.removexattr(f, "user.k")
+        with pytest.raises(OSError) as e:
+            os.getxattr(m / "other", "user.k")
+        assert e.value.errno == errno.ENODATA
+        os.setxattr(f, "user.k", b"2")
+        assert os.getxattr(m / "other", "user.k") == b"2"
+        assert (m / "other").read_bytes() == b"xyyy"
+
+
 @pytest.fixture
 def shared_s():
     """A stack other users can reach (pytest's tmp dirs are 0700)."""
