@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from unionfs import copyup
@@ -157,20 +156,19 @@ class Resolution(Base):
         if answers is None:
             answers = []
         top_st: os.stat_result | None = None
-
-        def gen() -> Iterator[tuple[int, Found]]:
-            nonlocal top_st
-            for layer in parent.stack:
-                f, st = self._probe(layer, ppath, name)
-                if top_st is None and st is not None:
-                    top_st = st
-                answers.append((layer, f))
-                yield layer, f
-
-        top, stack = resolve_name(gen())
+        probe_lower = self._probe_lower
+        for layer in parent.stack:   # top first, as far as an answer can matter
+            f, st = self._probe(layer, ppath, name) if layer == UPPER else \
+                probe_lower(layer, ppath, name)
+            if top_st is None:
+                top_st = st
+            answers.append((layer, f))
+            if f.final:
+                break
+        top, stack = resolve_name(answers)
         if top is None or top_st is None:
             return None
-        return self._identify(top, stack, _join(ppath, name), top_st)
+        return self._identify(top, stack, f"{ppath}/{name}" if ppath else name, top_st)
 
     def _identify(self, layer: int, stack: list[int], path: str, st: os.stat_result) -> Resolved:
         """Give a found object its inode number: its origin's, so copy-up does not change it."""
@@ -232,10 +230,11 @@ class Resolution(Base):
             raise _err(errno.ENAMETOOLONG)   # statfs says NAME_MAX: room for a whiteout
         if is_meta_name(name):
             raise _err(errno.ENOENT)
-        self.refresh(parent)
+        if parent.gen != self.table.gen:
+            self.refresh(parent)
         answers: list[tuple[int, Found]] = []
         r = self._resolve_child(parent, name, answers)
-        if r is not None:
+        if r is not None and r.st.st_nlink > 1:   # (only a lower hard link can need it)
             r = self._rejoin(parent, name, r)
         self._last_lookup = (parent, name, self.mutations, r,
                              bool(answers) and answers[0][0] == UPPER and answers[0][1].whiteout)
@@ -266,7 +265,7 @@ class Resolution(Base):
         """The table's node for a resolved name; a lookup the kernel does not count leaves
         the table as it was, so nothing accumulates there without a matching forget."""
         is_dir = stat.S_ISDIR(r.st.st_mode)
-        node = self.table.get(r.ino)
+        node = self.table.nodes.get(r.ino)
         if node is None:
             node = Node(r.ino, parent, name, is_dir, r.layer)
             if count:
@@ -279,7 +278,9 @@ class Resolution(Base):
             node.layer = r.layer
         node.stack = r.stack
         node.gen = self.table.gen
-        return self._ref(node, count)
+        if count:
+            node.lookups += 1
+        return node
 
     def ref(self, node: Node) -> None:
         """Count one kernel reference (e.g. a readdirplus entry) on the table's node for it."""
