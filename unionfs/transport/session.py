@@ -240,9 +240,9 @@ class Session:
         return got
 
     def _entry(self, unique: int, e: fsapi.Entry) -> bytes:
+        t = self._timeouts.get((e.entry_timeout, e.attr_timeout)) or self._entry_timeouts(e)
         return proto.ENTRY_REPLY.pack(proto.ENTRY_REPLY.size, 0, unique, e.attr.ino,
-                                      e.generation, *self._entry_timeouts(e),
-                                      *_attr_fields(e.attr))
+                                      e.generation, *t, *_attr_fields(e.attr))
 
     def _attr(self, unique: int, a: fsapi.Attr) -> bytes:
         s, ns = self._timeout(self.fs.attr_timeout)
