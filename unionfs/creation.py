@@ -21,8 +21,7 @@ from unionfs.layers import (
 )
 from unionfs.ownership import Override, read_override, write_override
 from unionfs.plumbing import _err, _touch
-from unionfs.resolution import Resolved
-from unionfs.unionstate import Base
+from unionfs.unionstate import Base, Resolved
 
 
 class Creation(Base):

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
 
 from unionfs.inodes import ROOT, UPPER, Node
-from unionfs.unionstate import Base
+from unionfs.unionstate import Base, Handle
 
 SMALL_FILE = 128 << 10      # the kernel's default readahead window
 
@@ -78,8 +77,3 @@ class Handles(Base):
         return os.statvfs(self.real(UPPER if self.layers[UPPER] else 1, ""))
 
 
-@dataclass
-class Handle:
-    fd: int
-    node: Node
-    layer: int          # where the fd points: a reader re-opens once the node is copied up

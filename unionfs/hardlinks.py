@@ -12,8 +12,7 @@ import stat
 from unionfs import copyup
 from unionfs.inodes import UPPER, Node
 from unionfs.plumbing import _basename, _join
-from unionfs.resolution import Resolved
-from unionfs.unionstate import Base
+from unionfs.unionstate import Base, Resolved
 
 
 class HardLinks(Base):

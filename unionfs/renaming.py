@@ -17,8 +17,7 @@ from unionfs.inodes import UPPER, Node
 from unionfs.layers import NAME_MAX, OPAQUE_MARKER, is_meta_name, whiteout_name
 from unionfs.libc import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2
 from unionfs.plumbing import _below, _err, _touch
-from unionfs.resolution import Resolved
-from unionfs.unionstate import Base
+from unionfs.unionstate import Base, Resolved
 
 
 class Renaming(Base):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass
 
 from unionfs import copyup
 from unionfs.inodes import ROOT, UPPER, Node
@@ -29,21 +28,12 @@ from unionfs.layers import (
     whiteout_name,
 )
 from unionfs.plumbing import _err, _getter, _join
-from unionfs.unionstate import Base
+from unionfs.unionstate import Base, Resolved
 
 PRESENT = Found(True)
 DIRECTORY = Found(True, is_dir=True)
 OPAQUE_DIRECTORY = Found(True, is_dir=True, opaque=True)
 
-
-@dataclass
-class Resolved:
-    """Where a name lives right now: its top layer, merge stack and lstat of the top object."""
-
-    layer: int
-    stack: list[int]
-    st: os.stat_result
-    ino: int
 
 
 class Resolution(Base):

@@ -21,7 +21,7 @@ from unionfs.attributes import Attributes
 from unionfs.creation import Creation
 from unionfs.deeppath import DeepPaths
 from unionfs.fsapi import Notifier
-from unionfs.handles import Handle, Handles
+from unionfs.handles import Handles
 from unionfs.hardlinks import HardLinks
 from unionfs.idmaps import chown_out_of_reach as needs_override
 from unionfs.inodes import ROOT, UPPER, InodeNumbers, InodeTable, Node
@@ -31,6 +31,7 @@ from unionfs.ownership import IdMap, Override
 from unionfs.plumbing import _err, _remove_quietly
 from unionfs.renaming import Renaming
 from unionfs.resolution import Resolution
+from unionfs.unionstate import Handle
 
 
 class Union(Resolution, Listing, HardLinks, Attributes, Creation, Renaming, Handles):

@@ -1,4 +1,5 @@
-"""What the mixins of `unionfs.union.Union` use of one another, declared once for the checker.
+"""What the mixins of `unionfs.union.Union` share: the records they pass one another, and the
+state and methods they use of one another, declared once for the checker.
 
 Union is put together from one mixin per idea (resolution.py, listing.py, hardlinks.py,
 attributes.py, creation.py, renaming.py, handles.py); each uses state that Union.__init__ sets
@@ -10,16 +11,32 @@ them; at run time the mixins stay plain classes (see `Base`).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from unionfs.deeppath import DeepPaths
     from unionfs.fsapi import Notifier
-    from unionfs.handles import Handle
     from unionfs.inodes import InodeNumbers, InodeTable, Node
     from unionfs.layers import Found, LayerDir, MergedEntry
     from unionfs.ownership import IdMap, Override
-    from unionfs.resolution import Resolved
+
+
+@dataclass
+class Resolved:
+    """Where a name lives right now: its top layer, merge stack and lstat of the top object."""
+
+    layer: int
+    stack: list[int]
+    st: os.stat_result
+    ino: int
+
+
+@dataclass
+class Handle:
+    fd: int
+    node: Node
+    layer: int          # where the fd points: a reader re-opens once the node is copied up
 
 
 class UnionState(Protocol):
