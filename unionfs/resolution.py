@@ -226,8 +226,9 @@ class Resolution(Base):
         r = self._resolve_child(parent, name, answers)
         if r is not None and r.st.st_nlink > 1:   # (only a lower hard link can need it)
             r = self._rejoin(parent, name, r)
-        self._last_lookup = (parent, name, self.mutations, r,
-                             bool(answers) and answers[0][0] == UPPER and answers[0][1].whiteout)
+        if count:   # only what the kernel is told: a lookup inside a change may go stale
+            self._last_lookup = (parent, name, self.mutations, r, bool(answers)
+                                 and answers[0][0] == UPPER and answers[0][1].whiteout)
         if r is None:
             raise _err(errno.ENOENT)
         return self._node_for(parent, name, r, count), r.st

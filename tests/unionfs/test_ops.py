@@ -341,6 +341,21 @@ def test_special_files_symlinks_xattrs(s):
         assert not any(x.startswith("trusted.") for x in os.listxattr(m / "xopq"))
 
 
+def test_unlink_right_after_rename_over_a_lower_file(s):
+    """rename(a, b) over a lower b, then unlink(b): the kernel still holds b's dentry (moved
+    there from a), so no LOOKUP comes in between; the core must not answer the unlink from
+    what it resolved *during* the rename (the old, lower b: it left a whiteout and kept the
+    moved file visible)."""
+    with s.mount():
+        m = s.mnt
+        assert (m / "keep").read_text() == "keep-l2"
+        (m / "newf").write_bytes(b"moved")
+        os.rename(m / "newf", m / "keep")
+        os.unlink(m / "keep")
+        assert not (m / "keep").exists()
+        assert "keep" not in os.listdir(m)
+
+
 def test_absent_xattr_answered_after_every_change(s):
     """The core answers a repeated absent xattr from memory (the kernel asks for
     security.capability before each write): every change must end that answer, whichever
