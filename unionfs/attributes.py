@@ -15,9 +15,11 @@ from unionfs.inodes import UPPER, Node
 from unionfs.layers import is_private_xattr
 from unionfs.ownership import OVERRIDE_XATTRS, Override, read_override, write_override
 from unionfs.plumbing import _err
+from unionfs.unionstate import Base
 
 
-class Attributes:
+class Attributes(Base):
+    _xattr_miss: tuple[Node, str, int] | None     # see getxattr
 
     def _keep_ownership(self, src: str, st: os.stat_result, tmp: str) -> None:
         """A copy the daemon could not chown keeps the source's owner and mode in the xattr."""
@@ -29,35 +31,44 @@ class Attributes:
         self._set_owner(tmp, os.lstat(tmp), ov.uid, ov.gid, ov.mode, ov.rdev)
         copyup.set_times(tmp, times)
 
-    def _own(self, path: str, uid: int, gid: int, updir: str, mode: int | None = None) -> None:
+    def _own(self, path: str, uid: int, gid: int, updir: str, mode: int | None = None,
+             st: os.stat_result | None = None) -> bool:
         """Give a new object the caller's ids (host ids, mapped to disk ids), or the setgid
-        directory's group; record them where chown cannot."""
+        directory's group; record them where chown cannot. `st`: the object's stat if the
+        caller has it. True if anything was changed (a stat taken before is stale)."""
         duid, dgid = self.uidmap.to_disk(uid), self.gidmap.to_disk(gid)
         pst = os.lstat(updir)
         if pst.st_mode & stat.S_ISGID:
             pov = read_override(updir, pst.st_mode) if self.override else None
             dgid = pov.gid if pov else pst.st_gid
-        st = os.lstat(path)
-        self._set_owner(path, st, duid, dgid,
-                        st.st_mode if mode is None else stat.S_IFMT(st.st_mode) | mode, st.st_rdev)
+        if st is None:
+            st = os.lstat(path)
+        return self._set_owner(path, st, duid, dgid, st.st_mode if mode is None
+                               else stat.S_IFMT(st.st_mode) | mode, st.st_rdev)
 
     def _set_owner(self, path: str, st: os.stat_result, uid: int, gid: int, mode: int,
-                   rdev: int = 0) -> None:
-        """Make `path` (disk) owned uid:gid with `mode`, or record that in the override xattr."""
+                   rdev: int = 0) -> bool:
+        """Make `path` (disk) owned uid:gid with `mode`, or record that in the override xattr;
+        True if anything was changed."""
+        changed = False
         try:
             if (st.st_uid, st.st_gid) != (uid, gid):
                 os.lchown(path, uid, gid)
+                changed = True
             chowned = True
         except OSError as e:
             if not self.override or e.errno not in (errno.EPERM, errno.EINVAL):
                 raise
             chowned = False
         if stat.S_ISLNK(st.st_mode):
-            return  # no user.* xattr on a symlink: its owner is what the disk says
+            return changed  # no user.* xattr on a symlink: its owner is what the disk says
         if not self.override:
-            if stat.S_IMODE(mode) != stat.S_IMODE(os.lstat(path).st_mode):
+            # (a chown may have dropped setuid/setgid: only then is `st` stale)
+            cur = os.lstat(path).st_mode if changed else st.st_mode
+            if stat.S_IMODE(mode) != stat.S_IMODE(cur):
                 os.chmod(path, stat.S_IMODE(mode))
-            return
+                changed = True
+            return changed
         # The daemon must keep using the file whatever mode it pretends to have.
         keep = 0o700 if stat.S_ISDIR(st.st_mode) else 0o600
         os.chmod(path, stat.S_IMODE(mode) | keep)
@@ -70,6 +81,7 @@ class Attributes:
                 pass
         else:
             write_override(path, want)
+        return True
 
     def present(self, node: Node, st: os.stat_result) -> tuple[int, int, int, int]:
         """(uid, gid, mode, rdev) as the caller sees them: override xattr, then id mapping."""
@@ -130,7 +142,19 @@ class Attributes:
     def getxattr(self, node: Node, name: str) -> bytes:
         if self.private(name):
             raise _err(errno.ENODATA)
-        return os.getxattr(self.node_real(node), name, follow_symlinks=False)
+        # The kernel asks for security.capability before every write(2) (file_remove_privs),
+        # passthrough writes included: an attribute found absent stays absent until a change
+        # is counted (setxattr, removexattr and chown all count one).
+        miss = self._xattr_miss
+        if miss is not None and miss[0] is node and miss[1] == name \
+                and miss[2] == self.mutations:
+            raise _err(errno.ENODATA)
+        try:
+            return os.getxattr(self.node_real(node), name, follow_symlinks=False)
+        except OSError as e:
+            if e.errno == errno.ENODATA:
+                self._xattr_miss = (node, name, self.mutations)
+            raise
 
     def listxattr(self, node: Node) -> list[str]:
         return [n for n in os.listxattr(self.node_real(node), follow_symlinks=False)

@@ -93,7 +93,15 @@ def set_origin(path: str, dev: int, ino: int) -> None:
 
 
 def get_origin(path: str) -> tuple[int, int] | None:
+    # One listxattr for the usual object without an origin (created in the upper), instead
+    # of a failing getxattr per name.
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return None
     for name in ORIGIN_XATTRS:
+        if name not in names:
+            continue
         try:
             v = os.getxattr(path, name, follow_symlinks=False)
         except OSError:

@@ -15,32 +15,32 @@ from unionfs.inodes import UPPER, Node
 from unionfs.layers import (
     NAME_MAX,
     OPAQUE_MARKER,
-    Found,
     is_kernel_whiteout,
     is_meta_name,
     whiteout_name,
 )
 from unionfs.ownership import Override, read_override, write_override
 from unionfs.plumbing import _err, _touch
-from unionfs.resolution import Resolved
+from unionfs.unionstate import Base, Resolved
 
 
-class Creation:
+class Creation(Base):
 
 
     def _check_new_name(self, parent: Node, name: str) -> bool:
         """Refuse names that exist or may not be made; True when a whiteout in the upper hides
         the name (it goes once the new object is in place)."""
-        self._check_writable()
+        if self.readonly:
+            raise _err(errno.EROFS)
         if is_meta_name(name):
             raise _err(errno.EPERM)
         if len(name.encode(errors="surrogateescape")) > NAME_MAX:
             raise _err(errno.ENAMETOOLONG)
-        self.refresh(parent)
-        answers: list[tuple[int, Found]] = []
-        if self._resolve_child(parent, name, answers) is not None:
+        r, hidden = self._child(parent, name)
+        self._check_writable()
+        if r is not None:
             raise _err(errno.EEXIST)
-        return bool(answers) and answers[0][0] == UPPER and answers[0][1].whiteout
+        return hidden
 
     def _made(self, parent: Node, name: str, st: os.stat_result) -> tuple[Node, os.stat_result]:
         """The node for an object just made in the upper (no need to ask the layers again)."""
@@ -63,8 +63,9 @@ class Creation:
             self._clear_kernel_whiteout(path)
         fd = os.open(path, (flags | os.O_CREAT | os.O_EXCL) & ~os.O_NOFOLLOW, stat.S_IMODE(mode))
         try:
-            self._own(path, uid, gid, updir, stat.S_IMODE(mode))
             st = os.fstat(fd)
+            if self._own(path, uid, gid, updir, stat.S_IMODE(mode), st):
+                st = os.fstat(fd)
         except BaseException:
             os.close(fd)
             os.unlink(path)
@@ -168,17 +169,22 @@ class Creation:
 
 
     def _make_whiteout(self, updir: str, name: str) -> None:
-        fd = os.open(f"{updir}/{whiteout_name(name)}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-                     0o600)
-        os.close(fd)
+        path = f"{updir}/{whiteout_name(name)}"
+        try:
+            os.mknod(path, stat.S_IFREG | 0o600)    # an empty file in one call
+        except FileExistsError:
+            pass                                     # any `.wh.` file hides the name
+        except OSError:   # an upper that refuses mknod of a regular file
+            _touch(path)
 
     def _visible(self, parent: Node, name: str) -> Resolved:
         """The visible object a removal names, or ENOENT."""
-        self._check_writable()
+        if self.readonly:
+            raise _err(errno.EROFS)
         if is_meta_name(name):
             raise _err(errno.ENOENT)
-        self.refresh(parent)
-        r = self._resolve_child(parent, name)
+        r, _ = self._child(parent, name)
+        self._check_writable()
         if r is None:
             raise _err(errno.ENOENT)
         return r
@@ -213,7 +219,9 @@ class Creation:
         self._invalidate()
 
     def _remove_name(self, parent: Node, name: str, r: Resolved, is_dir: bool) -> None:
-        wh = self._lower_shows(parent, name)
+        # A name a lower layer shows needs a whiteout; the lowers need asking only when the
+        # visible object is the upper's.
+        wh = r.layer != UPPER or self._lower_shows(parent, name)
         if r.layer != UPPER and not wh:
             return
         updir = self._upper_dir(parent)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
 
 from unionfs.inodes import ROOT, UPPER, Node
+from unionfs.unionstate import Base, Handle
+
+SMALL_FILE = 128 << 10      # the kernel's default readahead window
 
 
-class Handles:
+class Handles(Base):
 
 
     def open(self, node: Node, flags: int) -> int:
@@ -23,13 +25,21 @@ class Handles:
             self._check_writable()
             self.copy_up(node, data=not (flags & os.O_TRUNC))
         fd = os.open(self.node_real(node), flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY))
-        if not writing:
+        if not writing and self._worth_readahead(node):
             # Requests arrive one at a time: a larger readahead window on the layer file keeps
             # the disk busy between them.
             with contextlib.suppress(OSError):
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         self.register(fd, node)
         return fd
+
+    def _worth_readahead(self, node: Node) -> bool:
+        """Whether a wider readahead window can matter: not for a lower file that the default
+        window (128 KiB) already covers, known from the lower's stat cache (no syscall)."""
+        if node.layer == UPPER:
+            return True
+        st = self._lower_stats.get((node.layer, node.path()))
+        return st is None or st.st_size > SMALL_FILE
 
     def register(self, fd: int, node: Node) -> None:
         self.handles[fd] = Handle(fd, node, node.layer)
@@ -64,11 +74,6 @@ class Handles:
             del self.table.nodes[node.ino]
 
     def statfs(self) -> os.statvfs_result:
-        return os.statvfs(self.layers[0] or self.layers[1])
+        return os.statvfs(self.real(UPPER if self.layers[UPPER] else 1, ""))
 
 
-@dataclass
-class Handle:
-    fd: int
-    node: Node
-    layer: int          # where the fd points: a reader re-opens once the node is copied up

@@ -12,10 +12,10 @@ import stat
 from unionfs import copyup
 from unionfs.inodes import UPPER, Node
 from unionfs.plumbing import _basename, _join
-from unionfs.resolution import Resolved
+from unionfs.unionstate import Base, Resolved
 
 
-class HardLinks:
+class HardLinks(Base):
 
     def nlink(self, node: Node, st: os.stat_result) -> int:
         """Merged directories report 1 link, as overlayfs does (no count would be right); a

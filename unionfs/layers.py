@@ -138,6 +138,12 @@ class Found:
     is_dir: bool = False
     opaque: bool = False
 
+    @property
+    def final(self) -> bool:
+        """Nothing in the layers below can change the name's resolution (resolve_name stops
+        here), so they need not be asked."""
+        return self.whiteout or (self.present and (not self.is_dir or self.opaque))
+
 
 ABSENT = Found(False)
 HIDDEN = Found(False, whiteout=True)

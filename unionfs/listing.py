@@ -19,9 +19,10 @@ from unionfs.layers import (
     whited_out_name,
 )
 from unionfs.plumbing import _getter, _join, _mode_rdev
+from unionfs.unionstate import Base
 
 
-class Listing:
+class Listing(Base):
 
 
     def _layer_dir(self, layer: int, path: str) -> LayerDir:

@@ -17,10 +17,10 @@ from unionfs.inodes import UPPER, Node
 from unionfs.layers import NAME_MAX, OPAQUE_MARKER, is_meta_name, whiteout_name
 from unionfs.libc import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2
 from unionfs.plumbing import _below, _err, _touch
-from unionfs.resolution import Resolved
+from unionfs.unionstate import Base, Resolved
 
 
-class Renaming:
+class Renaming(Base):
 
 
     def rename(self, op: Node, oname: str, np: Node, nname: str, flags: int) -> None:

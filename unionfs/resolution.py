@@ -9,8 +9,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 from unionfs import copyup
 from unionfs.inodes import ROOT, UPPER, Node
@@ -30,24 +28,22 @@ from unionfs.layers import (
     whiteout_name,
 )
 from unionfs.plumbing import _err, _getter, _join
+from unionfs.unionstate import Base, Resolved
+
+PRESENT = Found(True)
+DIRECTORY = Found(True, is_dir=True)
+OPAQUE_DIRECTORY = Found(True, is_dir=True, opaque=True)
 
 
-@dataclass
-class Resolved:
-    """Where a name lives right now: its top layer, merge stack and lstat of the top object."""
 
-    layer: int
-    stack: list[int]
-    st: os.stat_result
-    ino: int
-
-
-class Resolution:
-
+class Resolution(Base):
+    _last_lookup: tuple[Node, str, int, Resolved | None, bool] | None   # see _child
 
     def real(self, layer: int, path: str) -> str:
         """The layer's object at merged-view `path`, named so that any depth works."""
         base = self.layers[layer]
+        if base is None:   # the upper of a read-only mount
+            raise _err(errno.EROFS)
         if not path:
             return base
         full = f"{base}/{path}"
@@ -56,8 +52,9 @@ class Resolution:
     def _invalidate(self) -> None:
         """Directories of the upper moved or went: cached resolutions and descriptors age."""
         self.table.invalidate()
-        if self.layers[UPPER]:
-            self.deep.forget(self.layers[UPPER])
+        upper = self.layers[UPPER]
+        if upper:
+            self.deep.forget(upper)
 
     def node_real(self, node: Node) -> str:
         self.refresh(node)
@@ -93,14 +90,15 @@ class Resolution:
         try:
             st = os.lstat(p)
         except (FileNotFoundError, NotADirectoryError):
-            if os.path.lexists(f"{d}/{whiteout_name(name)}"):
+            # access() answers without raising: cheaper than lexists() for the usual miss
+            if os.access(f"{d}/{whiteout_name(name)}", os.F_OK, follow_symlinks=False):
                 return HIDDEN, None
             return ABSENT, None
         if is_kernel_whiteout(st.st_mode, st.st_rdev):
             return HIDDEN, None
         if stat.S_ISDIR(st.st_mode):
-            return Found(True, is_dir=True, opaque=self._dir_opaque(p)), st
-        return Found(True), st
+            return (OPAQUE_DIRECTORY if self._dir_opaque(p) else DIRECTORY), st
+        return PRESENT, st
 
     # Lower layers are read-only and, as with overlayfs, must not change while mounted: their
     # listings and attributes are read once and answered from memory afterwards.
@@ -121,21 +119,24 @@ class Resolution:
 
     def _probe_lower(self, layer: int, dirpath: str, name: str
                      ) -> tuple[Found, os.stat_result | None]:
-        ld = self._lower_dir(layer, dirpath)
+        # The hot path of every lookup: dictionaries read inline, answers shared.
+        ld = self._lower_dirs.get((layer, dirpath)) or self._lower_dir(layer, dirpath)
         ent = ld.entries.get(name)
         if ent is None:
             return (HIDDEN if name in ld.whiteouts else ABSENT), None
         is_dir, kernel_wh = ent
         if kernel_wh:
             return HIDDEN, None
-        path = _join(dirpath, name)
-        try:
-            st = self._lower_stat(layer, path)
-        except OSError:
-            return ABSENT, None
+        path = f"{dirpath}/{name}" if dirpath else name
+        st = self._lower_stats.get((layer, path))
+        if st is None:
+            try:
+                st = self._lower_stat(layer, path)
+            except OSError:
+                return ABSENT, None
         if is_dir:
-            return Found(True, is_dir=True, opaque=self._lower_dir(layer, path).opaque), st
-        return Found(True), st
+            return (OPAQUE_DIRECTORY if self._lower_dir(layer, path).opaque else DIRECTORY), st
+        return PRESENT, st
 
     def _resolve_child(self, parent: Node, name: str,
                        answers: list[tuple[int, Found]] | None = None) -> Resolved | None:
@@ -145,20 +146,19 @@ class Resolution:
         if answers is None:
             answers = []
         top_st: os.stat_result | None = None
-
-        def gen() -> Iterator[tuple[int, Found]]:
-            nonlocal top_st
-            for layer in parent.stack:
-                f, st = self._probe(layer, ppath, name)
-                if top_st is None and st is not None:
-                    top_st = st
-                answers.append((layer, f))
-                yield layer, f
-
-        top, stack = resolve_name(gen())
+        probe_lower = self._probe_lower
+        for layer in parent.stack:   # top first, as far as an answer can matter
+            f, st = self._probe(layer, ppath, name) if layer == UPPER else \
+                probe_lower(layer, ppath, name)
+            if top_st is None:
+                top_st = st
+            answers.append((layer, f))
+            if f.final:
+                break
+        top, stack = resolve_name(answers)
         if top is None or top_st is None:
             return None
-        return self._identify(top, stack, _join(ppath, name), top_st)
+        return self._identify(top, stack, f"{ppath}/{name}" if ppath else name, top_st)
 
     def _identify(self, layer: int, stack: list[int], path: str, st: os.stat_result) -> Resolved:
         """Give a found object its inode number: its origin's, so copy-up does not change it."""
@@ -215,16 +215,37 @@ class Resolution:
         if name == "..":
             p = parent.parent or parent
             return self._ref(p, count), self.stat(p)
-        if len(name.encode(errors="surrogateescape")) > NAME_MAX:
+        # (up to 63 characters cannot make more than NAME_MAX bytes: no encoding needed)
+        if len(name) > NAME_MAX // 4 and len(name.encode(errors="surrogateescape")) > NAME_MAX:
             raise _err(errno.ENAMETOOLONG)   # statfs says NAME_MAX: room for a whiteout
         if is_meta_name(name):
             raise _err(errno.ENOENT)
-        self.refresh(parent)
-        r = self._resolve_child(parent, name)
+        if parent.gen != self.table.gen:
+            self.refresh(parent)
+        answers: list[tuple[int, Found]] = []
+        r = self._resolve_child(parent, name, answers)
+        if r is not None and r.st.st_nlink > 1:   # (only a lower hard link can need it)
+            r = self._rejoin(parent, name, r)
+        if count:   # only what the kernel is told: a lookup inside a change may go stale
+            self._last_lookup = (parent, name, self.mutations, r, bool(answers)
+                                 and answers[0][0] == UPPER and answers[0][1].whiteout)
         if r is None:
             raise _err(errno.ENOENT)
-        r = self._rejoin(parent, name, r)
         return self._node_for(parent, name, r, count), r.st
+
+    def _child(self, parent: Node, name: str) -> tuple[Resolved | None, bool]:
+        """(what `name` shows in `parent`, or None; whether an upper whiteout hides it) for a
+        call about to change it. The kernel looks a name up just before it creates or removes
+        it: when nothing changed since (the mutation count), that lookup's answer stands, as the
+        lowers are fixed while mounted and the upper changes only through the mount."""
+        last = self._last_lookup
+        if (last is not None and last[0] is parent and last[1] == name
+                and last[2] == self.mutations and parent.gen == self.table.gen):
+            return last[3], last[4]
+        self.refresh(parent)
+        answers: list[tuple[int, Found]] = []
+        r = self._resolve_child(parent, name, answers)
+        return r, bool(answers) and answers[0][0] == UPPER and answers[0][1].whiteout
 
     def _ref(self, node: Node, count: bool) -> Node:
         if count:
@@ -235,7 +256,7 @@ class Resolution:
         """The table's node for a resolved name; a lookup the kernel does not count leaves
         the table as it was, so nothing accumulates there without a matching forget."""
         is_dir = stat.S_ISDIR(r.st.st_mode)
-        node = self.table.get(r.ino)
+        node = self.table.nodes.get(r.ino)
         if node is None:
             node = Node(r.ino, parent, name, is_dir, r.layer)
             if count:
@@ -248,7 +269,9 @@ class Resolution:
             node.layer = r.layer
         node.stack = r.stack
         node.gen = self.table.gen
-        return self._ref(node, count)
+        if count:
+            node.lookups += 1
+        return node
 
     def ref(self, node: Node) -> None:
         """Count one kernel reference (e.g. a readdirplus entry) on the table's node for it."""
@@ -266,10 +289,10 @@ class Resolution:
                 return os.fstat(fd)
             raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
         try:
-            real = self.node_real(node)
+            self.refresh(node)
             if node.layer != UPPER:
                 return self._lower_stat(node.layer, node.path())
-            return os.lstat(real)
+            return os.lstat(self.real(UPPER, node.path()))
         except OSError:
             fd = self._any_fd(node)
             if fd is None:

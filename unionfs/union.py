@@ -20,7 +20,8 @@ from unionfs import copyup
 from unionfs.attributes import Attributes
 from unionfs.creation import Creation
 from unionfs.deeppath import DeepPaths
-from unionfs.handles import Handle, Handles
+from unionfs.fsapi import Notifier
+from unionfs.handles import Handles
 from unionfs.hardlinks import HardLinks
 from unionfs.idmaps import chown_out_of_reach as needs_override
 from unionfs.inodes import ROOT, UPPER, InodeNumbers, InodeTable, Node
@@ -30,6 +31,7 @@ from unionfs.ownership import IdMap, Override
 from unionfs.plumbing import _err, _remove_quietly
 from unionfs.renaming import Renaming
 from unionfs.resolution import Resolution
+from unionfs.unionstate import Handle
 
 
 class Union(Resolution, Listing, HardLinks, Attributes, Creation, Renaming, Handles):
@@ -54,9 +56,13 @@ class Union(Resolution, Listing, HardLinks, Attributes, Creation, Renaming, Hand
         self.numbers = InodeNumbers(devs)
         self.table = InodeTable()
         self.deep = DeepPaths()
-        self.notifier = None     # fsapi.Notifier, once the transport has one
+        self.notifier: Notifier | None = None     # once the transport has one
         self.handles: dict[int, Handle] = {}
         self.mutations = 0
+        # The last lookup: (parent, name, mutation count, resolution or None, hidden by an
+        # upper whiteout), for the create or removal the kernel sends right after it.
+        self._last_lookup = None
+        self._xattr_miss = None     # (node, name, mutation count) of the last absent xattr
         # Visible-name counts of lower hardlinks, each with the mutation count it was taken at.
         self._nlinks: dict[tuple[int, int], tuple[int, int]] = {}
         # Lower hardlink groups found whole (see _rejoin), with the mutation count of the check.
@@ -71,7 +77,7 @@ class Union(Resolution, Listing, HardLinks, Attributes, Creation, Renaming, Hand
                 shutil.rmtree(self.work)  # leftovers of a crash: never visible, now gone
             os.makedirs(self.work, 0o700, exist_ok=True)
         root_stack = self._root_stack()
-        st = os.lstat(self.layers[root_stack[0]])
+        st = os.lstat(self.real(root_stack[0], ""))
         self.table.add(Node(ROOT, None, "", True, root_stack[0], root_stack, lookups=1))
         self.root_st = st
 

@@ -345,6 +345,49 @@ def test_special_files_symlinks_xattrs(s):
         assert not any(x.startswith("trusted.") for x in os.listxattr(m / "xopq"))
 
 
+def test_unlink_right_after_rename_over_a_lower_file(s):
+    """rename(a, b) over a lower b, then unlink(b): the kernel still holds b's dentry (moved
+    there from a), so no LOOKUP comes in between; the core must not answer the unlink from
+    what it resolved *during* the rename (the old, lower b: it left a whiteout and kept the
+    moved file visible)."""
+    with s.mount():
+        m = s.mnt
+        assert (m / "keep").read_text() == "keep-l2"
+        (m / "newf").write_bytes(b"moved")
+        os.rename(m / "newf", m / "keep")
+        os.unlink(m / "keep")
+        assert not (m / "keep").exists()
+        assert "keep" not in os.listdir(m)
+
+
+def test_absent_xattr_answered_after_every_change(s):
+    """The core answers a repeated absent xattr from memory (the kernel asks for
+    security.capability before each write): every change must end that answer, whichever
+    name of the file it goes through, and writes through the mount in between change nothing."""
+    with s.mount():
+        m = s.mnt
+        f = m / "new"
+        f.write_bytes(b"x")
+        os.link(f, m / "other")
+        for _ in range(2):
+            with pytest.raises(OSError) as e:
+                os.getxattr(f, "user.k")
+            assert e.value.errno == errno.ENODATA
+        with open(f, "ab") as fh:
+            for _ in range(3):
+                fh.write(b"y")
+                fh.flush()
+        os.setxattr(m / "other", "user.k", b"1")
+        assert os.getxattr(f, "user.k") == b"1"
+        os.removexattr(f, "user.k")
+        with pytest.raises(OSError) as e:
+            os.getxattr(m / "other", "user.k")
+        assert e.value.errno == errno.ENODATA
+        os.setxattr(f, "user.k", b"2")
+        assert os.getxattr(m / "other", "user.k") == b"2"
+        assert (m / "other").read_bytes() == b"xyyy"
+
+
 @pytest.fixture
 def shared_s():
     """A stack other users can reach (pytest's tmp dirs are 0700)."""

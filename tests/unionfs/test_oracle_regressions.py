@@ -205,3 +205,31 @@ def test_long_name_errors_come_in_the_vfs_order(oracle_base: Path) -> None:
         run.do("rename", "c", "c/" + "a" * 252, 0)
         run.do("mkdir", "x/" + "a" * 253, 0o755)
         run.do("link", "a", "c/" + "a" * 254)
+
+
+@pytest.mark.parametrize("subject", SUBJECTS)
+def test_scenario_changes_right_after_a_name_the_kernel_holds(oracle_base: Path,
+                                                              subject: str) -> None:
+    """The core answers a create or removal from the LOOKUP just before it when nothing has
+    changed since; here the kernel already holds each name (no LOOKUP between the calls), and
+    each call follows a change of the same name: over lower files, whiteouts and directories."""
+    l1 = {"a": file(b"a1"), "d": directory(), "d/x": file(b"x1")}
+    l2 = {"b": file(b"b2"), "d": directory(), "d/y": file(b"y2"), "e": directory(),
+          "e/z": file(b"z2")}
+    with oracle(oracle_base, l1, l2, subject=subject) as run:
+        run.do("create", "n", b"new")
+        run.do("rename", "n", "b", 0)        # over a lower file
+        run.do("unlink", "b")                # the moved file, not the lower one
+        run.do("create", "b", b"again")      # over the whiteout just made
+        run.do("unlink", "a")
+        run.do("mkdir", "a", 0o755)          # a directory where a lower file was
+        run.do("rmdir", "a")
+        run.do("create", "a", b"file again")
+        run.do("link", "a", "d/y")           # over nothing: d/y is a lower file (EEXIST)
+        run.do("unlink", "d/y")
+        run.do("link", "a", "d/y")
+        run.do("rename", "d/x", "d/w", 0)
+        run.do("create", "d/x", b"x again")
+        run.do("rename", "e", "f", 0)        # a lower directory (EXDEV in overlayfs)
+        run.do("unlink", "e/z")
+        run.remount()

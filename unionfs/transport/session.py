@@ -90,7 +90,7 @@ class Session:
         self._destroyed = False
         self._lock = None if getattr(fs, "thread_safe", False) else threading.Lock()
         self._block = threading.Lock()      # the backing table is shared by all workers
-        self._timeouts: dict[float, tuple[int, int]] = {}
+        self._timeouts: dict = {}    # a timeout (or an entry's pair) -> packed fields
         self._read_fd = getattr(fs, "read_fd", None) if splice else None
         self._tls = threading.local()            # each worker's pipe for spliced READ replies
         self._pipes: list[int] = []
@@ -178,7 +178,7 @@ class Session:
         readv, write, writev = os.readv, os.write, os.writev
         unpack = proto.IN_HEADER.unpack_from
         handlers = self.handlers
-        lock = self._lock
+        lock = self._lock if self.workers > 1 else None   # one loop needs no lock
         ino_of = self._ino_of
         OPEN, FORGET = proto.OPEN, proto.FORGET
         while True:
@@ -284,12 +284,20 @@ class Session:
         self._alias_refs.pop(alias, None)
         self._ino_of.pop(alias, None)
 
+    def _entry_timeouts(self, e: fsapi.Entry) -> tuple[int, int, int, int]:
+        """(entry s, attr s, entry ns, attr ns), in the order fuse_entry_out holds them."""
+        key = (e.entry_timeout, e.attr_timeout)
+        got = self._timeouts.get(key)
+        if got is None:
+            (es, ens), (as_, ans) = _split(key[0]), _split(key[1])
+            got = self._timeouts[key] = (es, as_, ens, ans)
+        return got
+
     def _entry(self, unique: int, e: fsapi.Entry) -> bytes:
-        es, ens = self._timeout(e.entry_timeout)
-        as_, ans = self._timeout(e.attr_timeout)
+        t = self._timeouts.get((e.entry_timeout, e.attr_timeout)) or self._entry_timeouts(e)
         nodeid = e.attr.ino if not self._alias else self._node_out(e.attr.ino)
         return proto.ENTRY_REPLY.pack(proto.ENTRY_REPLY.size, 0, unique, nodeid,
-                                      e.generation, es, as_, ens, ans, *_attr_fields(e.attr))
+                                      e.generation, *t, *_attr_fields(e.attr))
 
     def _attr(self, unique: int, a: fsapi.Attr) -> bytes:
         s, ns = self._timeout(self.fs.attr_timeout)
@@ -518,14 +526,12 @@ class Session:
         flags, mode, umask, _open_flags = proto.CREATE_IN.unpack_from(body)
         entry, op = self.fs.create(nodeid, _name(body[16:]), mode, flags,
                                    fsapi.Ctx(uid, gid, pid, umask))
-        e, a = entry, entry.attr
+        a = entry.attr
         nodeid = a.ino if not self._alias else self._node_out(a.ino)
         fopen, backing_id = self._open_flags(nodeid, op)
-        es, ens = self._timeout(e.entry_timeout)
-        as_, ans = self._timeout(e.attr_timeout)
-        return proto.CREATE_REPLY.pack(proto.CREATE_REPLY.size, 0, unique, nodeid, e.generation,
-                                       es, as_, ens, ans, *_attr_fields(a), op.fh, fopen,
-                                       backing_id)
+        return proto.CREATE_REPLY.pack(proto.CREATE_REPLY.size, 0, unique, nodeid,
+                                       entry.generation, *self._entry_timeouts(entry),
+                                       *_attr_fields(a), op.fh, fopen, backing_id)
 
     def _read(self, unique, nodeid, uid, gid, pid, body):
         fh, offset, size = proto.RW_IN.unpack_from(body)[:3]
@@ -692,6 +698,7 @@ class Session:
         used = 16
         pack = proto.DIRENTPLUS.pack
         count = self.fs.count_lookup
+        timeouts = self._entry_timeouts
         zero = (0,) * 16
         aliased = self._node_out if self._alias else None
         for d in self.fs.readdir(fh, offset, True):
@@ -705,10 +712,8 @@ class Session:
                 # the kernel takes no reference on "." and "..": no lookup to count
                 head = pack(0, 0, 0, 0, 0, 0, *zero, d.ino, d.offset, n, d.type >> 12)
             else:
-                es, ens = self._timeout(e.entry_timeout)
-                as_, ans = self._timeout(e.attr_timeout)
                 ino = e.attr.ino if aliased is None else aliased(e.attr.ino)
-                head = pack(ino, e.generation, es, as_, ens, ans, *_attr_fields(e.attr),
+                head = pack(ino, e.generation, *timeouts(e), *_attr_fields(e.attr),
                             d.ino, d.offset, n, d.type >> 12)
                 count(e.attr.ino)
             parts.append(head + d.name + b"\0" * (rec - 152 - n))
