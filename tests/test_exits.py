@@ -142,9 +142,9 @@ def _sweep(tmp: Path) -> dict[str, tuple[list[str], str, str, int]]:
                         "snapshotter.grpc_server.serve_forever", "pyunion snapshotter: ", 1),
         "run": (["run", *r, "img"], "snapshotter.run.run", "pyunion run: ", 125),
         "rm": (["rm", *r, "c1"], "snapshotter.run.remove_container", "pyunion rm: ", 1),
-        "mount": (["mount", f"{t}/u:{t}/l", f"{t}/m"], "unionfs.mount_cli.check", "pyunion: ", 1),
+        "mount": (["mount", f"{t}/u:{t}/l", f"{t}/m"], "unionfs.mount_cli.mount", "pyunion: ", 1),
         "umount": (["umount", f"{t}/m"], "unionfs.mount_cli.unmount", "pyunion: ", 1),
-        "compat": (["-o", f"lowerdir={t}/l", f"{t}/m"], "unionfs.mount_cli.check", "pyunion: ",
+        "compat": (["-o", f"lowerdir={t}/l", f"{t}/m"], "unionfs.mount_cli.mount", "pyunion: ",
                    1),
         "demo": (["demo"], "unionfs.demo.main", "pyunion: ", 1),
     }
