@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import functools
 import os
 import socket
 import stat
-import subprocess
 from dataclasses import dataclass
+
+from unionfs import libc as clibc
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_SYNCHRONOUS = 1, 2, 4, 8, 16
 MS_DIRSYNC, MS_NOATIME, MS_NODIRATIME, MNT_DETACH = 128, 1024, 2048, 2
@@ -51,7 +51,9 @@ class Mounted:
 
 @functools.cache
 def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    """The C library as unionfs/libc.py loads it (by soname: find_library ran ldconfig on every
+    mount), with mount(2) and umount2(2) typed."""
+    libc = clibc.handle()
     libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
     libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
     return libc
@@ -106,6 +108,7 @@ def _mount_fusermount(target: str, options) -> Mounted:
     flags, data, fsname, subtype = split_options(options)
     names = [name for name, (bit, on) in FLAG_OPTIONS.items() if on and flags & bit]
     opts = ",".join([*names, *data, f"fsname={fsname}", f"subtype={subtype}"])
+    import subprocess  # not on the root path (mount(2)): fusermount3 is for users
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         env = dict(os.environ, _FUSE_COMMFD=str(theirs.fileno()))
@@ -136,5 +139,6 @@ def unmount(m: Mounted, lazy: bool = True) -> None:
             if err not in (22, 2):      # EINVAL/ENOENT: already gone
                 raise MountFailed(err, f"umount {m.target}: {os.strerror(err)}")
         return
+    import subprocess
     subprocess.run(["fusermount3", "-u", "-q"] + (["-z"] if lazy else []) + ["--", m.target],
                    capture_output=True, timeout=60, check=False)
