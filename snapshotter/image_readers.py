@@ -10,20 +10,22 @@ otherwise through ``manifest.json``, for which an OCI manifest is synthesised.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import json
 import os
-import platform as _platform
 import posixpath
-import subprocess
-import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Self
+from typing import TYPE_CHECKING, BinaryIO, Self
 
 from snapshotter.digest import check_digest, hex_of, is_digest, sha256_bytes
 from snapshotter.errors import ImageError
+
+if TYPE_CHECKING:
+    import tarfile
+
+# gzip, tarfile, subprocess and platform are imported where an archive or a compressed layer is
+# read: the run of an image already in the store uses only this module's checks and names.
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -81,9 +83,11 @@ def open_uncompressed(path: str | Path, compression: str) -> Iterator[BinaryIO]:
         with open(path, "rb") as f:
             yield f
     elif compression == "gzip":
+        import gzip
         with gzip.open(path, "rb") as f:
             yield f  # type: ignore[misc]
     elif compression == "zstd":
+        import subprocess
         try:
             proc = subprocess.Popen(["zstd", "-d", "-c", "-q", "--", str(path)],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -107,7 +111,8 @@ def open_uncompressed(path: str | Path, compression: str) -> Iterator[BinaryIO]:
 
 
 def host_platform() -> str:
-    m = _platform.machine()
+    import platform
+    m = platform.machine()
     arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "armv6l": "arm",
             "i686": "386", "i386": "386"}.get(m, m)
     return f"linux/{arch}"
@@ -195,6 +200,7 @@ class DirSource(Source):
 
 class TarSource(Source):
     def __init__(self, path: Path):
+        import tarfile
         try:
             self.tf = tarfile.open(path, "r:*")  # noqa: SIM115 - closed by close()
             self.members: dict[str, tarfile.TarInfo] = {}
@@ -228,6 +234,7 @@ class TarSource(Source):
             return False
 
     def open(self, rel: str) -> BinaryIO:
+        import tarfile
         m = self._m(rel)
         try:
             f = self.tf.extractfile(m)

@@ -23,16 +23,14 @@ import os
 import secrets
 import shutil
 import sqlite3
-import tarfile
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from snapshotter import image_readers as ir
-from snapshotter.applier import apply_tar, rootless_ids
 from snapshotter.content import ContentStore
 from snapshotter.digest import CHUNK, HashingWriter, chain_id, chain_ids, hex_of, sha256_bytes
 from snapshotter.errors import (
@@ -43,10 +41,17 @@ from snapshotter.errors import (
     NotFound,
     SnapshotterError,
 )
-from snapshotter.layer_writer import write_layer
 from snapshotter.progress import Progress
 from snapshotter.snapshots import Kind, Snapshotter
 from snapshotter.sqlite_db import open_db
+
+if TYPE_CHECKING:
+    import tarfile
+
+    from snapshotter.applier import RootlessIds
+
+# tarfile, the applier and the layer writer are imported where a layer is read, unpacked or
+# written: `pyunion run` of an image already in the store does none of that (tests/test_imports.py).
 
 IMAGE_LABEL = "pyunion.image"          # on an active snapshot: the image it was prepared from
 LAYER_LABEL = "pyunion.diff_id"        # on a committed snapshot unpacked from an image layer
@@ -147,13 +152,19 @@ class ImageStore:
     def __init__(self, root: str | Path, progress: Progress | None = None, *,
                  rootless: bool | None = None):
         self.root = Path(root).absolute()
-        self.ids = rootless_ids(rootless)   # None: root, owners are chowned for real
+        self._rootless = rootless
         self.snapshots = Snapshotter(self.root)
         self.content = ContentStore(self.root)
         self.db = _DB(self.root / "images.db")
         self.progress = progress or Progress(enabled=False)
         self.notes: list[str] = []      # neutralised/skipped layer entries of the last import
         self._diff_ids: dict[str, str] = {}   # blob -> diff_id computed, stored with the record
+
+    @property
+    def ids(self) -> RootlessIds | None:
+        """The store user's ids when rootless; None: root, owners are chowned for real."""
+        from snapshotter.applier import rootless_ids
+        return rootless_ids(self._rootless)
 
     def close(self) -> None:
         self.db.close()
@@ -257,6 +268,7 @@ class ImageStore:
                 self._rollback(created_snaps, created_blobs)
                 if isinstance(e, SnapshotterError):
                     raise
+                import tarfile
                 if isinstance(e, (OSError, ValueError, tarfile.TarError, EOFError)):
                     raise ImageError(f"import failed: {e}") from None
                 raise
@@ -366,6 +378,7 @@ class ImageStore:
         try:
             upper = self.snapshots.upper_path(key)
             compression = ir.layer_compression(desc["mediaType"])
+            from snapshotter.applier import apply_tar
             try:
                 with ir.open_uncompressed(self.content.path(desc["digest"]),
                                           compression) as stream:
@@ -574,6 +587,7 @@ class ImageStore:
             try:
                 upper = self.snapshots.upper_path(key)
                 self.progress.start("committing", 1, 0)
+                from snapshotter.layer_writer import write_layer
                 with self.content.new_writer() as w:
                     res = write_layer(upper, w, compression,  # type: ignore[arg-type]
                                       ids=self.ids)
@@ -665,6 +679,7 @@ def _default_name(img: ir.SourceImage, path: Path) -> str:
 
 
 def _tar_info(name: str, size: int = 0, is_dir: bool = False) -> tarfile.TarInfo:
+    import tarfile
     ti = tarfile.TarInfo(name)
     ti.type = tarfile.DIRTYPE if is_dir else tarfile.REGTYPE
     ti.mode = 0o755 if is_dir else 0o644
@@ -675,6 +690,7 @@ def _tar_info(name: str, size: int = 0, is_dir: bool = False) -> tarfile.TarInfo
 
 
 def _write_tar_atomic(path: Path, files: dict[str, bytes | Path], progress: Progress) -> None:
+    import tarfile
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w",

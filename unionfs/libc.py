@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import os
 
@@ -29,7 +28,8 @@ def handle() -> ctypes.CDLL:
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
     except OSError:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        from ctypes.util import find_library  # imports shutil, subprocess, tempfile: fallback only
+        libc = ctypes.CDLL(find_library("c"), use_errno=True)
     libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
     libc.syscall.restype = ctypes.c_long

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import os
 import select
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from unionfs import procs
 from unionfs.mountinfo import (
@@ -41,6 +41,12 @@ from unionfs.mountinfo import (
 )
 from unionfs.options import MountConfig, backend, encode_config
 from unionfs.registry import find_daemon, forget_record
+
+if TYPE_CHECKING:
+    import subprocess
+
+# subprocess (with threading, selectors, locale) is imported where a process is spawned: the
+# forked `pyunion mount` never does (tests/test_imports.py).
 
 
 class MountError(Exception):
@@ -269,6 +275,7 @@ def start_daemon(cfg: MountConfig, *, fork: bool = False) -> int:
 
 
 def _spawn_daemon(cfg: MountConfig, w: int, out: int | None) -> subprocess.Popen[bytes]:
+    import subprocess
     where = subprocess.DEVNULL if out is None else out
     return subprocess.Popen(daemon_argv(cfg, w), stdin=subprocess.DEVNULL, stdout=where,
                             stderr=where, pass_fds=(w,), start_new_session=True,
@@ -374,6 +381,7 @@ def abort_connection(conn: str) -> bool:
         return False
     script = (f"mount -t fusectl fusectl {FUSECTL} 2>/dev/null; "
               f"test -e {path} && echo 1 > {path}")
+    import subprocess
     try:
         r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
                            capture_output=True, timeout=FUSERMOUNT_TIMEOUT_S, check=False)
@@ -403,6 +411,7 @@ def unmount(target: str, lazy: bool = False, timeout: float = 30.0) -> list[str]
     conn = fuse_connection(entry) or ""
     daemon = find_daemon(rtarget)
     cmd = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [rtarget]
+    import subprocess
     try:
         r = subprocess.run(cmd, check=False, capture_output=True, text=True,
                            timeout=FUSERMOUNT_TIMEOUT_S)

@@ -14,7 +14,6 @@ import ctypes
 import os
 import socket
 import stat
-import subprocess
 from dataclasses import dataclass
 
 from unionfs import libc, mountinfo
@@ -97,6 +96,7 @@ def _mount_fusermount(target: str, options) -> Mounted:
     flags, data, fsname, subtype = split_options(options)
     names = [name for name, (bit, on) in FLAG_OPTIONS.items() if on and flags & bit]
     opts = ",".join([*names, *data, f"fsname={fsname}", f"subtype={subtype}"])
+    import subprocess  # not on the root path (mount(2)): fusermount3 is for users
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         env = dict(os.environ, _FUSE_COMMFD=str(theirs.fileno()))
@@ -144,5 +144,6 @@ def unmount(m: Mounted, lazy: bool = True) -> None:
             if err not in (22, 2):      # EINVAL/ENOENT: already gone
                 raise MountFailed(err, f"umount {m.target}: {os.strerror(err)}")
         return
+    import subprocess
     subprocess.run(["fusermount3", "-u", "-q"] + (["-z"] if lazy else []) + ["--", m.target],
                    capture_output=True, timeout=60, check=False)
