@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 
@@ -23,3 +24,13 @@ def stop(proc: subprocess.Popen, grace: float) -> int | None:
             except subprocess.TimeoutExpired:
                 return None
     return proc.returncode
+
+
+def children() -> set[int]:
+    """This process's children (zombies included), from every thread's list: what a test
+    compares before and after to see that nothing of its own was left to reap."""
+    out: set[int] = set()
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/children") as f:
+            out |= {int(x) for x in f.read().split()}
+    return out

@@ -14,6 +14,7 @@ import pytest
 from snapshotter.errors import InvalidArgument, NotFound, SnapshotterError
 from snapshotter.snapshots import Mount, Snapshotter, mount_fstype, mount_snapshot, unmount
 from tests.mounting import force_unmount, is_mounted
+from tests.processes import children as child_pids
 from unionfs.registry import daemon_record
 
 
@@ -102,13 +103,6 @@ def test_mount_errors(sn, tmp_path, target):
     unmount(target)  # nothing mounted: a no-op
 
 
-def _children() -> set[int]:
-    out: set[int] = set()
-    for tid in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{tid}/children") as f:
-            out |= {int(x) for x in f.read().split()}
-    return out
-
 
 def test_snapshot_mounts_in_process(sn, target):
     """mount_snapshot calls the mount library: the union's daemon is `python -m unionfs.daemon`
@@ -116,7 +110,7 @@ def test_snapshot_mounts_in_process(sn, target):
     child, and unmount ends it."""
     sn.prepare("base-a")
     sn.commit("base", "base-a")
-    children = _children()
+    children = child_pids()
     with mounted(sn.prepare("top", "base"), target):
         assert mount_fstype(target) == "fuse.pyunion"
         rec = daemon_record(str(target))
@@ -125,6 +119,6 @@ def test_snapshot_mounts_in_process(sn, target):
             argv = [a.decode() for a in f.read().split(b"\0") if a]
         assert argv[argv.index("-m") + 1] == "unionfs.daemon", argv
         assert "mount" not in argv
-        assert _children() == children
+        assert child_pids() == children
     assert not is_mounted(target)
     assert daemon_record(str(target)) is None

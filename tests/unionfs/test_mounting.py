@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.mounting import is_mounted
+from tests.processes import children as child_pids
 from tests.unionfs.oracle_support import daemon_pids
 from unionfs import mounting, procs
 from unionfs.options import MountConfig
@@ -35,14 +36,6 @@ def _cmdline(pid: int) -> list[str]:
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
 
-
-def _children() -> set[int]:
-    """This process's children (zombies included), from every thread's list."""
-    out: set[int] = set()
-    for tid in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{tid}/children") as f:
-            out |= {int(x) for x in f.read().split()}
-    return out
 
 
 def _ppid_and_session(pid: int) -> tuple[int, int]:
@@ -85,7 +78,7 @@ def test_mount_from_a_thread_of_a_threaded_process(layers: Path) -> None:
     for t in others:
         t.start()
     got: list[object] = []
-    children = _children()
+    children = child_pids()
     # fork=True (what the single-threaded `pyunion mount` command asks for) is refused here:
     # this process has other threads, so the daemon is spawned all the same.
     worker = threading.Thread(target=lambda: got.append(mounting.mount(_cfg(s), fork=True)))
@@ -110,7 +103,7 @@ def test_mount_from_a_thread_of_a_threaded_process(layers: Path) -> None:
         stop.set()
         for t in others:
             t.join(10)
-    assert _children() == children      # nothing of ours is left to reap
+    assert child_pids() == children      # nothing of ours is left to reap
 
 
 def test_mounts_from_many_threads_at_once(oracle_base: Path) -> None:
@@ -148,7 +141,7 @@ def test_failed_start_leaves_nothing(layers: Path) -> None:
     record or work directory is left."""
     s = layers
     before = sorted(os.listdir(s))
-    children = _children()
+    children = child_pids()
     cfg = _cfg(s, fuse_options={"max_read=lots"})
     with pytest.raises(mounting.DaemonStartError, match=f"cannot mount {s / 'mnt'}"):
         mounting.mount(cfg)
@@ -156,7 +149,7 @@ def test_failed_start_leaves_nothing(layers: Path) -> None:
     assert daemon_pids(s / "mnt") == []
     assert not os.path.exists(pid_file(str(s / "mnt")))
     assert sorted(os.listdir(s)) == before
-    assert _children() == children
+    assert child_pids() == children
 
 
 def test_log_file_gets_the_daemons_output(layers: Path) -> None:
@@ -173,6 +166,7 @@ SUBREAPER_SCRIPT = """
 import ctypes, os, sys
 from unionfs import mounting
 from unionfs.options import MountConfig
+from tests.processes import children as child_pids
 libc = ctypes.CDLL("libc.so.6", use_errno=True)
 assert libc.prctl(36, 1, 0, 0, 0) == 0          # PR_SET_CHILD_SUBREAPER
 u, l, t = sys.argv[1:4]
