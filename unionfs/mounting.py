@@ -28,7 +28,7 @@ import select
 import sys
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from unionfs import procs
 from unionfs.mountinfo import (
@@ -367,27 +367,69 @@ GRACE_S = 2.0   # how long a stopped daemon, or a copy of the mount elsewhere, m
 
 
 def abort_connection(conn: str) -> bool:
-    """Abort FUSE connection CONN (/sys/fs/fuse/connections/CONN/abort): every request waiting
-    on it fails (ECONNABORTED) and the mount lets go. When fusectl is not mounted, root mounts it
-    in a private mount namespace of a child (the host's mount table is not changed)."""
-    path = f"{FUSECTL}/{conn}/abort"
+    """Abort FUSE connection CONN (/sys/fs/fuse/connections/CONN/abort) now: every request
+    waiting on it fails (ECONNABORTED) and the mount lets go. Only for a connection whose mount
+    is known to be alive at this moment: CONN is the superblock's device number, which the
+    kernel gives to the next FUSE mount as soon as this one's superblock dies (ConnectionHold
+    is for aborting later)."""
+    hold = ConnectionHold(conn)
     try:
-        with open(path, "w") as f:
-            f.write("1")
-        return True
-    except OSError:
-        pass
-    if os.geteuid() != 0:
+        return hold.fire()
+    finally:
+        hold.close()
+
+
+class ConnectionHold:
+    """The abort file of FUSE connection CONN, opened now (while the caller knows the mount is
+    its own) so that fire() later aborts that connection and no other.
+
+    An open abort file stays bound to its connection: when that superblock dies the kernel
+    unbinds the file (fs/fuse/control.c clears its i_private) and a write does nothing, even if
+    a new mount has been given the same number meanwhile; a path opened at fire() time would
+    reach the newcomer. When fusectl is not mounted, root opens the file through a mount of
+    fusectl attached nowhere (libc.detached_mount): the host's mount table is not changed and,
+    unlike a child in a namespace of its own, no copy of every mount is made (such a copy kept
+    the mount being unmounted, and every other, alive in "another mount namespace")."""
+
+    def __init__(self, conn: str):
+        self.conn = conn
+        self._fd: int | None = None
+        if not conn:
+            return
+        path = f"{FUSECTL}/{conn}/abort"
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            return
+        except OSError:
+            pass
+        if os.geteuid() != 0:
+            return
+        try:    # fusectl is not mounted here: a mount of it attached nowhere (nothing copied)
+            from unionfs.libc import detached_mount
+            mnt = detached_mount("fusectl")
+        except OSError:
+            return
+        try:
+            self._fd = os.open(f"{conn}/abort", os.O_WRONLY | os.O_CLOEXEC, dir_fd=mnt)
+        except OSError:
+            pass
+        finally:
+            os.close(mnt)
+
+    def fire(self) -> bool:
+        """Abort the held connection; False when nothing was held or the write failed."""
+        if self._fd is not None:
+            try:
+                os.write(self._fd, b"1")
+                return True
+            except OSError:
+                return False
         return False
-    script = (f"mount -t fusectl fusectl {FUSECTL} 2>/dev/null; "
-              f"test -e {path} && echo 1 > {path}")
-    import subprocess
-    try:
-        r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-                           capture_output=True, timeout=FUSERMOUNT_TIMEOUT_S, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return r.returncode == 0
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _elsewhere(target: str, holder: tuple[int, str], who: str) -> str:
@@ -410,13 +452,25 @@ def unmount(target: str, lazy: bool = False, timeout: float = 30.0) -> list[str]
         raise UnmountError(f"{target} is not a pyunion mount")
     conn = fuse_connection(entry) or ""
     daemon = find_daemon(rtarget)
+    # A stopped daemon's connection may have to be aborted after the unmount: its abort file is
+    # held from now, while the mount is visibly ours (the number is reused once it dies).
+    hold = ConnectionHold(conn)
+    try:
+        return _unmount(target, rtarget, entry, conn, daemon, hold, lazy, timeout)
+    finally:
+        hold.close()
+
+
+def _unmount(target: str, rtarget: str, entry: Any, conn: str,
+             daemon: tuple[int, int | None] | None, hold: ConnectionHold, lazy: bool,
+             timeout: float) -> list[str]:
     cmd = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [rtarget]
     import subprocess
     try:
         r = subprocess.run(cmd, check=False, capture_output=True, text=True,
                            timeout=FUSERMOUNT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        aborted = abort_connection(conn)
+        aborted = hold.fire() or abort_connection(conn)   # fusermount3 hung: still mounted
         raise UnmountError(f"fusermount3 did not finish within {FUSERMOUNT_TIMEOUT_S:.0f}s"
                            + (f"; aborted FUSE connection {conn}" if aborted else "")) from None
     if r.returncode != 0:
@@ -433,13 +487,13 @@ def unmount(target: str, lazy: bool = False, timeout: float = 30.0) -> list[str]
         if elsewhere:
             raise UnmountError(_elsewhere(target, elsewhere[0], "its daemon"))
     else:
-        warnings = _wait_for_daemon(target, daemon, entry.dev, conn, lazy, timeout)
+        warnings = _wait_for_daemon(target, daemon, entry.dev, conn, hold, lazy, timeout)
     forget_record(rtarget)
     return warnings
 
 
 def _wait_for_daemon(target: str, daemon: tuple[int, int | None], dev: tuple[int, int],
-                     conn: str, lazy: bool, timeout: float) -> list[str]:
+                     conn: str, hold: ConnectionHold, lazy: bool, timeout: float) -> list[str]:
     """After the unmount: wait for DAEMON to exit, saying at once why it cannot when it cannot."""
     pid, start = daemon
     warnings: list[str] = []
@@ -448,14 +502,15 @@ def _wait_for_daemon(target: str, daemon: tuple[int, int | None], dev: tuple[int
     except OSError:
         pidfd = None
     try:
-        return _wait_exit(target, pid, start, pidfd, dev, conn, lazy, timeout, warnings)
+        return _wait_exit(target, pid, start, pidfd, dev, conn, hold, lazy, timeout, warnings)
     finally:
         if pidfd is not None:
             os.close(pidfd)
 
 
 def _wait_exit(target: str, pid: int, start: int | None, pidfd: int | None,
-               dev: tuple[int, int], conn: str, lazy: bool, timeout: float,
+               dev: tuple[int, int], conn: str, hold: ConnectionHold, lazy: bool,
+               timeout: float,
                warnings: list[str]) -> list[str]:
     deadline = time.monotonic() + timeout
     stopped_since = held_since = None
@@ -486,7 +541,7 @@ def _wait_exit(target: str, pid: int, start: int | None, pidfd: int | None,
             select.select([pidfd], [], [], 0.05)
     state = procs.state(pid) if procs.alive(pid, start) else None
     if state in ("T", "t"):
-        if abort_connection(conn):      # False: the connection is gone (or not ours)
+        if hold.fire():      # False: nothing held (the daemon stopped only during the wait)
             warnings.append(f"daemon {pid} is stopped: aborted FUSE connection {conn} "
                             f"(requests still waiting on {target} fail)")
         else:

@@ -125,3 +125,40 @@ def test_lazy_umount_of_a_mount_in_use_detaches_and_leaves_the_daemon_serving(mn
     finally:
         f.close()
     assert wait_gone([pid]) == []
+
+
+def test_stopped_daemon_umount_never_aborts_a_mount_that_reused_the_connection_number(
+        mnt, oracle_base: Path) -> None:
+    """A FUSE connection's number (/sys/fs/fuse/connections/N) is its superblock's device number,
+    which the kernel hands to the next mount as soon as the superblock dies. `pyunion umount` of
+    a stopped daemon waits GRACE_S before aborting that daemon's connection: a mount made in
+    between that got the same number must not be the one aborted (a CI run lost a snapshot
+    mount of test_containerd_suite this way, ECONNABORTED, while another suite's umount ran)."""
+    target, pid = mnt
+    dev = os.stat(target).st_dev
+    os.kill(pid, signal.SIGSTOP)
+    umount = subprocess.Popen([sys.executable, "-m", "unionfs", "umount", str(target)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    other = oracle_base / "other"
+    for d in ("u", "l", "m"):
+        (other / d).mkdir(parents=True)
+    (other / "l" / "g").write_text("other\n")
+    try:
+        deadline = time.monotonic() + 20
+        while is_mounted(target) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not is_mounted(target)
+        pyunion("mount", f"{other / 'u'}:{other / 'l'}", str(other / "m"), timeout=60)
+        if os.stat(other / "m").st_dev != dev:
+            pytest.skip("the kernel gave the new mount another connection number this time")
+        _, err = umount.communicate(timeout=60)
+        assert umount.returncode == 0, err
+        assert (other / "m" / "g").read_text() == "other\n"    # still served, not aborted
+        (other / "m" / "new").write_text("y")
+    finally:
+        if umount.poll() is None:
+            umount.kill()
+            umount.wait()
+        if is_mounted(other / "m"):
+            pyunion("umount", str(other / "m"), check=False, timeout=60)
+        force_unmount(other / "m")
