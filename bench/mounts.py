@@ -12,6 +12,7 @@ import os
 import subprocess
 
 from unionfs import mountinfo
+from unionfs.mounting import abort_connection
 
 _ACTIVE: dict[str, list[str]] = {}  # target -> preferred unmount argv
 
@@ -42,17 +43,12 @@ def describe(target: str, short: dict[str, str]) -> str:
 
 
 def abort_fuse(target: str) -> None:
-    """Abort a FUSE connection so that a hung daemon cannot hang the unmount."""
+    """Abort a FUSE connection so that a hung daemon cannot hang the unmount (through
+    unionfs.mounting, which also reaches fusectl when the host has not mounted it)."""
     entry = mount_entry(target)
     conn = None if entry is None else mountinfo.fuse_connection(entry)
-    if conn is None:
-        return
-    path = f"{mountinfo.FUSECTL}/{conn}/abort"
-    try:
-        with open(path, "w") as f:
-            f.write("1")
-    except OSError:
-        pass
+    if conn is not None:
+        abort_connection(conn)   # the mount is there now: the number is its own
 
 
 def register(target: str, unmount_argv: list[str]) -> None:

@@ -28,11 +28,12 @@ import select
 import sys
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from unionfs import procs
 from unionfs.mountinfo import (
     FUSECTL,
+    MountEntry,
     fuse_connection,
     mount_point_path,
     mounts,
@@ -461,7 +462,7 @@ def unmount(target: str, lazy: bool = False, timeout: float = 30.0) -> list[str]
         hold.close()
 
 
-def _unmount(target: str, rtarget: str, entry: Any, conn: str,
+def _unmount(target: str, rtarget: str, entry: MountEntry, conn: str,
              daemon: tuple[int, int | None] | None, hold: ConnectionHold, lazy: bool,
              timeout: float) -> list[str]:
     cmd = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [rtarget]
@@ -470,7 +471,7 @@ def _unmount(target: str, rtarget: str, entry: Any, conn: str,
         r = subprocess.run(cmd, check=False, capture_output=True, text=True,
                            timeout=FUSERMOUNT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        aborted = hold.fire() or abort_connection(conn)   # fusermount3 hung: still mounted
+        aborted = hold.fire()   # held since before fusermount3, which hung: still ours
         raise UnmountError(f"fusermount3 did not finish within {FUSERMOUNT_TIMEOUT_S:.0f}s"
                            + (f"; aborted FUSE connection {conn}" if aborted else "")) from None
     if r.returncode != 0:
